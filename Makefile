@@ -8,6 +8,8 @@ export CMAKE_BUILD_PARALLEL_LEVEL := 2
 export LITELLM_LOCAL_MODEL_COST_MAP := True
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
+# llama.cpp's OpenMP threads busy-wait by default: on a shared 2-core machine that costs 10-50x latency.
+export OMP_WAIT_POLICY := PASSIVE
 
 .PHONY: install demo test test-fast lint format bench clean
 
@@ -24,10 +26,10 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(VENV)/bin/promptintern demo
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(VENV)/bin/pytest
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) chromium
 	$(VENV)/bin/pytest -m "not slow"
 
 lint: $(STAMP)
@@ -40,3 +42,9 @@ format: $(STAMP)
 
 clean:
 	rm -rf $(VENV)
+
+# Headless Chromium for the dashboard test (tests/gateway/test_dashboard.py): Debian's package, installed
+# only when missing (needs root, as in CI). Suggested: make it a prerequisite of `test`.
+.PHONY: chromium
+chromium:
+	@test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)

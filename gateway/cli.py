@@ -6,11 +6,18 @@ Verbs load lazily, so `promptintern logs` starts fast and never imports torch.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 import click
 
 from gateway.settings import Settings, load_settings
+
+# Before llama.cpp loads (in-process or in a child server): its OpenMP threads busy-wait by default, which
+# starves everything else on a small machine (measured 10-50x slower first requests on 2 cores).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 # verb -> "module:attribute" of a click command
 COMMANDS = {

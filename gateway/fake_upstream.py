@@ -10,6 +10,8 @@ model at each failure):
   hang             never answers (the caller's timeout fires)
   midstream-error  streams two chunks, then drops the connection
   slow-<ms>        answers after <ms> milliseconds instead of the configured latency
+  drip-<ms>        streams with <ms> milliseconds between chunks (for clients that leave mid-stream)
+  leak-key         a careless provider: a 500 whose message quotes the Authorization header it received
 
 Every request body it receives is kept (most recent last) and served at `GET /fake/requests`, so tests can
 check what the gateway forwarded (extra fields passed through, no gateway key leaked).
@@ -116,11 +118,11 @@ class FakeUpstream:
         elif method == "GET" and path == "/fake/requests":
             await _send_json(send, 200, {"requests": list(self.received)})
         elif method == "POST" and path == "/v1/chat/completions":
-            await self._chat(receive, send)
+            await self._chat(scope, receive, send)
         else:
             await _send_error(send, 404, f"no route {method} {path}", "not_found_error")
 
-    async def _chat(self, receive: Receive, send: Send) -> None:
+    async def _chat(self, scope: Scope, receive: Receive, send: Send) -> None:
         raw = await _read_body(receive)
         try:
             body = json.loads(raw)
@@ -137,6 +139,10 @@ class FakeUpstream:
             await asyncio.sleep(3600)
         if latency:
             await asyncio.sleep(latency)
+        if model == "leak-key":
+            authorization = dict(scope["headers"]).get(b"authorization", b"").decode()
+            await _send_error(send, 500, f"invalid request with header {authorization}", "server_error")
+            return
         if model.startswith("error-"):
             status = int(model.removeprefix("error-"))
             await _send_error(send, status, f"fake upstream failure {status}", "server_error")
@@ -146,7 +152,9 @@ class FakeUpstream:
         completion_id = f"chatcmpl-fake{time.monotonic_ns()}"
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            await self._stream(send, completion_id, created, model, words, finish_reason, usage, include_usage)
+            await self._stream(
+                send, completion_id, created, model, words, finish_reason, usage, include_usage
+            )
             return
         await _send_json(
             send,
@@ -202,6 +210,8 @@ class FakeUpstream:
         for i, piece in enumerate(_join(words)):
             if model == "midstream-error" and i == 2:
                 raise ConnectionResetError("fake upstream drops the stream")  # uvicorn closes the socket
+            if model.startswith("drip-"):
+                await asyncio.sleep(float(model.removeprefix("drip-")) / 1000)
             await send(chunk({"content": piece}, None))
         await send(chunk({}, finish_reason))
         if include_usage:
@@ -331,7 +341,12 @@ def main(argv: list[str] | None = None) -> None:
         await server.serve(sockets=[sock])
         announcer.cancel()
 
-    asyncio.run(run())
+    try:  # uvloop when installed: plain asyncio + h11 stalls keep-alive requests ~40 ms on some kernels
+        import uvloop
+
+        uvloop.run(run())
+    except ImportError:
+        asyncio.run(run())
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, Field, SecretStr, field_validator
@@ -38,6 +38,14 @@ class UpstreamModel(BaseModel):
     price: Price | None = None
     # True for backends on this machine: priced per compute-second, not per token.
     local: bool = False
+    # Added for the gateway server (issue 2):
+    # "direct" = lean httpx pass-through for OpenAI-compatible upstreams; "litellm" = litellm.acompletion.
+    transport: Literal["litellm", "direct"] = "litellm"
+    # Whether the backend honours `n` > 1; if not, such requests get a 400 instead of a silent single answer.
+    supports_n: bool = False
+    # For a llama.cpp backend: the GGUF it serves. llama.cpp's server sends no usage in streams, so the
+    # gateway counts a stream's tokens itself with this model's tokenizer and chat template.
+    gguf_path: Path | None = None
 
 
 def _split_csv(value: Any) -> Any:
@@ -79,6 +87,27 @@ class Settings(BaseSettings):
 
     # Request log writer: rows committed together when they arrive within this window.
     log_batch_max: int = 256
+
+    # Added for the gateway server (issue 2): seconds to wait for the embedded llama.cpp server to be healthy.
+    embedded_start_timeout_s: float = 120.0
+
+    # Added for local serving of internalized models (issue 5, gateway/local_pool.py).
+    # "llama_cpp" = in-process llama.cpp; "remote" = an OpenAI-compatible server (llama.cpp server, vLLM)
+    # at local_api_base serving each model under its model id.
+    local_backend: Literal["llama_cpp", "remote"] = "llama_cpp"
+    local_api_base: str | None = None
+    local_api_key: SecretStr | None = None
+    local_max_loaded: int = 2  # models kept loaded at once; the least recently used is evicted
+    local_max_loaded_bytes: int | None = None  # optional budget on the loaded GGUF files' total size
+    local_queue_size: int = 8  # requests waiting per model (behind the one running); more = LocalOverloaded
+    local_timeout_s: float = 30.0  # per request, queueing included
+    local_n_ctx: int = 2048
+    local_threads: int = Field(default_factory=lambda: os.cpu_count() or 2)
+
+    # Added for internalization (issue 4, internalizer/). Base model: a llama GGUF file or a local HF dir;
+    # None = the bundled SmolLM2-135M-Instruct GGUF. The YAML holds InternalizeConfig defaults (or None).
+    base_model: str | None = None
+    internalize_config: Path | None = None
 
     @field_validator("api_keys", mode="before")
     @classmethod

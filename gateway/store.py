@@ -140,6 +140,12 @@ def m004_routes(db: sqlite_utils.Database) -> None:
     )
 
 
+@migration
+def m005_requests_token_source(db: sqlite_utils.Database) -> None:
+    # "usage" (reported by the backend) or "estimated" (an imported line without usage); NULL = gateway row.
+    db["requests"].add_column("token_source", str)
+
+
 def open_db(path: str | Path) -> sqlite_utils.Database:
     """Open (creating if needed) a log database in WAL mode with every migration applied."""
     path = Path(path)

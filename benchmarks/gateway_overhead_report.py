@@ -1,0 +1,99 @@
+"""Markdown table and PNG plot for benchmarks/gateway_overhead.py's results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+MODES = ("json", "stream")
+
+
+def write_markdown(report: dict[str, Any], path: Path) -> None:
+    concurrency = report["config"]["concurrency"]
+    head = "| target | mode | p50 ms | p99 ms | added p50 ms | added p99 ms | TTFT p50 ms | "
+    head += " | ".join(f"req/s @{c}" for c in concurrency) + " | errors |"
+    lines = [
+        f"# Gateway overhead ({report['config']['latency_ms']:g} ms fake upstream, "
+        f"~{report['prompt']['tokens']} token prompt)",
+        "",
+        f"Command: `{report['command']}`  ",
+        f"Machine: {report['machine']['cpus']} CPUs, {report['machine']['platform']}, "
+        f"Python {report['machine']['python']}; pinning: {report['config']['pinning']}; "
+        f"event loop of the servers: {report['config']['server_event_loop']}; 1-minute load average "
+        f"{report['machine']['load_average_at_start']:.1f} at start, "
+        f"{report['machine']['load_average_at_end']:.1f} at end  ",
+        f"Sequential: {report['config']['sequential']} requests per row; throughput: "
+        f"{report['config']['duration_s']:g} s per concurrency level.",
+        "",
+        head,
+        "|" + "---|" * (8 + len(concurrency)),
+    ]
+    for name, modes in report["results"].items():
+        for mode, entry in modes.items():
+            seq = entry.get("sequential", {})
+            rates = [_num(entry.get(f"concurrent_{c}", {}).get("requests_per_s"), 0) for c in concurrency]
+            errors = sum(v.get("errors", 0) for k, v in entry.items() if isinstance(v, dict))
+            crashed = " (crashed)" if entry.get("crashed") else ""
+            cells = [
+                name,
+                mode,
+                _num(seq.get("p50_ms")),
+                _num(seq.get("p99_ms")),
+                _num(entry.get("added_p50_ms")),
+                _num(entry.get("added_p99_ms")),
+                _num(seq.get("ttft_p50_ms")),
+                *rates,
+                f"{errors}{crashed}",
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+    log = report["gateway_log"]
+    lines += [
+        "",
+        f"Gateway request log: {log['rows']} rows for {log['responses_completed']} completed responses "
+        "(every completed response has its row).",
+    ]
+    if report.get("litellm_proxy_error"):
+        lines.append(f"LiteLLM proxy: {report['litellm_proxy_error']}")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _num(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def write_plot(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n in report["results"] if n != "direct"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    width = 0.38
+    for i, mode in enumerate(MODES):
+        added = [report["results"][n][mode].get("added_p50_ms") or 0.0 for n in names]
+        left.bar(np.arange(len(names)) + (i - 0.5) * width, added, width, label=mode)
+    left.axhline(2.0, color="grey", linestyle="--", linewidth=1, label="2 ms target")
+    left.set_xticks(np.arange(len(names)), names)
+    left.set_ylabel("added latency p50 (ms)")
+    left.set_title("Added latency, sequential")
+    left.legend()
+    targets = list(report["results"])
+    concurrency = report["config"]["concurrency"]
+    bar = 0.8 / (len(targets) * len(MODES))
+    for j, (name, mode) in enumerate((n, m) for n in targets for m in MODES):
+        entry = report["results"][name][mode]
+        rates = [entry.get(f"concurrent_{c}", {}).get("requests_per_s", 0.0) for c in concurrency]
+        right.bar(np.arange(len(concurrency)) + (j - len(targets)) * bar + bar / 2, rates, bar,
+                  label=f"{name} {mode}")  # fmt: skip
+    right.set_xticks(np.arange(len(concurrency)), [f"{c} in flight" for c in concurrency])
+    right.set_ylabel("requests / s")
+    right.set_title("Throughput")
+    right.legend(fontsize=7, ncol=2)
+    fig.suptitle(
+        f"Gateway overhead vs direct and LiteLLM proxy ({report['config']['latency_ms']:g} ms upstream)"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)

@@ -1,0 +1,153 @@
+"""The paper table's results file: written after every finished method, so a cut-off run leaves a file.
+
+`benchmarks/results/<dataset>.json` holds every figure (metrics, tokens, latency, throughput, costs,
+ablations, targets) and `<dataset>.md` the table rendered from it; `partial: true` until the run ends.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+METHODS: dict[str, tuple[str, str, str]] = {
+    # key: (label, trained?, prompt at inference)
+    "base_full": ("Base model, full prompt (instructions + 5 retrieved examples)", "no", "full"),
+    "base_compressed_50": (
+        "Base model, prompt compressed to 50% (surprisal pruning)",
+        "no",
+        "compressed 50%",
+    ),
+    "base_compressed_25": (
+        "Base model, prompt compressed to 25% (surprisal pruning)",
+        "no",
+        "compressed 25%",
+    ),
+    "ft_full": ("Fine-tuned with the full prompt", "yes", "full"),
+    "ft_query": ("Fine-tuned query-only, one stage", "yes", "query"),
+    "promptintern": ("PromptIntern: progressive template compression + example absorption", "yes", "query"),
+    "base_full_cached": (
+        "Base model, full prompt, 5 fixed examples, llama.cpp prefix KV cache",
+        "no",
+        "full, cached",
+    ),
+}
+
+
+class Results:
+    def __init__(self, out_dir: Path, dataset: str, header: dict[str, Any]) -> None:
+        self.json_path = Path(out_dir) / f"{dataset}.json"
+        self.md_path = Path(out_dir) / f"{dataset}.md"
+        self.data: dict[str, Any] = {
+            "dataset": dataset,
+            "partial": True,
+            "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "device": "cpu"},
+            **header,
+            "methods": {},
+            "upstream": {},
+            "ablations": {"schedule": [], "stages": [], "train_size": []},
+            "skipped": [],
+            "targets": {},
+        }
+
+    @property
+    def methods(self) -> dict[str, Any]:
+        return self.data["methods"]
+
+    def add_method(self, key: str, entry: dict[str, Any]) -> None:
+        label, trained, prompt = METHODS[key]
+        self.methods[key] = {"label": label, "trained": trained, "prompt": prompt, **entry}
+        self.save()
+
+    def add_ablation(self, kind: str, entry: dict[str, Any]) -> None:
+        self.data["ablations"][kind].append(entry)
+        self.save()
+
+    def skip(self, what: str, why: str) -> None:
+        self.data["skipped"].append({"what": what, "why": why})
+        self.save()
+
+    def save(self, final: bool = False) -> None:
+        self.data["partial"] = not final
+        self.data["updated_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        self.json_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.json_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.data, indent=1, default=_jsonable))
+        os.replace(tmp, self.json_path)
+        self.md_path.write_text(render_markdown(self.data))
+
+
+def _jsonable(value: Any) -> Any:
+    return str(value)
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def render_markdown(data: dict[str, Any]) -> str:
+    metrics = data.get("metric_names", [])
+    state = "PARTIAL RUN" if data["partial"] else "complete run"
+    lines = [
+        f"# {data['dataset']}: PromptIntern vs baselines ({state})",
+        "",
+        f"Config `{data.get('config')}`; {data.get('n_dev')} dev requests, {data.get('n_train')} training "
+        f"requests; SmolLM2-135M-Instruct, {data.get('quant', 'Q4_1')} GGUF in llama.cpp, "
+        f"{data.get('n_threads')} threads, greedy, max {data.get('max_tokens')} new tokens. "
+        f"Started {data['started_utc']}, updated {data.get('updated_utc')}.",
+        "",
+        "| method | trained? | prompt | "
+        + " | ".join(metrics)
+        + " | input tokens | p50 ms | p95 ms | req/s | "
+        "$ / 1k req (local) |",
+        "|---|---|---|" + "---:|" * (len(metrics) + 5),
+    ]
+    for entry in data["methods"].values():
+        scores = entry.get("metrics", {})
+        perf = entry.get("perf", {})
+        lines.append(
+            f"| {entry['label']} | {entry['trained']} | {entry['prompt']} | "
+            + " | ".join(_fmt(scores.get(m)) for m in metrics)
+            + f" | {_fmt(perf.get('mean_input_tokens'))} | {_fmt(perf.get('latency_p50_ms'), 0)} | "
+            f"{_fmt(perf.get('latency_p95_ms'), 0)} | {_fmt(perf.get('throughput_rps'), 2)} | "
+            f"{_fmt(entry.get('cost_per_1k_local'), 4)} |"
+        )
+    upstream = data.get("upstream", {})
+    if upstream:
+        lines += ["", "Upstream API cost of the same traffic (price model in the JSON's `price_model`):", ""]
+        lines += ["| upstream traffic | input tokens | cached tokens | $ / 1k req |", "|---|---:|---:|---:|"]
+        for row in upstream.values():
+            lines.append(
+                f"| {row['label']} | {_fmt(row['input_tokens'])} | {_fmt(row['cached_tokens'])} | "
+                f"{_fmt(row['cost_per_1k'], 4)} |"
+            )
+    if data.get("targets"):
+        lines += ["", "Targets of issue 6:", ""]
+        for name, target in data["targets"].items():
+            lines.append(f"- {'MET' if target['met'] else 'MISSED'}: {name}: {target['detail']}")
+    for kind, rows in data.get("ablations", {}).items():
+        if rows:
+            lines += ["", f"Ablation `{kind}` (query-only on {rows[0].get('n_dev')} dev requests):", ""]
+            lines += [
+                "| value | " + " | ".join(metrics) + " | train s |",
+                "|---|" + "---:|" * (len(metrics) + 1),
+            ]
+            for row in rows:
+                lines.append(
+                    f"| {row['value']} | "
+                    + " | ".join(_fmt(row["metrics"].get(m)) for m in metrics)
+                    + f" | {_fmt(row.get('train_seconds'), 0)} |"
+                )
+    if data.get("skipped"):
+        lines += ["", "Skipped (time budget or errors):", ""]
+        lines += [f"- {item['what']}: {item['why']}" for item in data["skipped"]]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,144 @@
+"""Per-dataset adapters for the paper benchmark: NL2Bash, CoNaLa and tldr on one code path.
+
+Each task gives the app's instructions (a realistic long system prompt, different per dataset), turns a
+data record into (query, target), cleans a model's reply into the answer it means, and scores answers
+with the dataset's metrics (benchmarks/paper_metrics.py, as data/README.md prescribes).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmarks.paper_metrics import conala_scores, nl2bash_scores, tldr_scores
+from gateway.nl2bash_app import SYSTEM_PROMPT as NL2BASH_INSTRUCTIONS
+
+DATA_ROOT = Path(__file__).resolve().parents[1] / "data"
+
+
+@dataclass(frozen=True)
+class Record:
+    """One request of the benchmark: what the user asks and the reference answer."""
+
+    id: str
+    query: str
+    target: str
+
+
+CONALA_INSTRUCTIONS = """\
+You are PyPilot, the code assistant inside a Python notebook used by analysts, students and backend \
+developers. The user describes, in plain English, a small programming task, and you answer with the Python \
+snippet that does it.
+
+How to write the snippet:
+- Write Python 3 that runs as is in a notebook cell where the variables the user names already exist.
+- Use the names, literals and values exactly as the user quotes them with backticks or quotes; do not \
+rename variables and do not invent new ones unless the task needs a result.
+- Prefer one expression or one statement. Use the standard library (re, os, datetime, itertools, \
+collections, json, subprocess) or the library the user mentions (numpy, pandas, matplotlib, requests).
+- Prefer built-ins and comprehensions over explicit loops when both are clear.
+- Do not import modules that are not needed; do not wrap the code in a function; do not print the result \
+unless the user asks to print or display it.
+- If the request is ambiguous, pick the most common interpretation; do not ask a question back.
+
+Output rules:
+- Reply with the code only.
+- No explanation, no comments, no Markdown, no code fences, no >>> prompt.
+- Keep it to a single line whenever one line can do it.
+
+The examples below show requests from other users and the exact answers expected."""
+
+TLDR_INSTRUCTIONS = """\
+You are PageWriter, the assistant that drafts examples for a community cheat-sheet of command-line tools \
+(the tldr pages). The user gives a tool name and what an example should do, as `tool: description`, and \
+you answer with the example command in tldr syntax.
+
+How to write the command:
+- Start with the tool named before the colon, even if you do not know it well; guess its usual options.
+- Put every value the reader must fill in inside double curly braces, with a short descriptive name: \
+{{path/to/file}}, {{path/to/directory}}, {{username}}, {{port}}, {{url}}, {{search_pattern}}.
+- Write an option that has a short and a long form as {{[-s|--long]}}; write other options as they are.
+- Use the subcommands and options the tool really has; do not invent flags.
+- Keep it to the one command the description asks for; no pipes unless the description needs one.
+- If the request is ambiguous, pick the most common use of the tool; do not ask a question back.
+
+Output rules:
+- Reply with the command only, on a single line.
+- No explanation, no Markdown, no backticks, no leading $ prompt, no trailing colon or period.
+
+The examples below show requests from other contributors and the exact answers expected."""
+
+
+_FENCE = re.compile(r"^```[\w+-]*\s*\n?(.*?)\n?```", re.DOTALL)
+
+
+def _strip_fences(text: str) -> str:
+    text = text.strip()
+    fenced = _FENCE.search(text)
+    if fenced:
+        return fenced.group(1).strip()
+    if len(text) > 2 and text[0] == text[-1] == "`" and text.count("`") == 2:
+        return text[1:-1].strip()  # inline code: `ls -la`
+    return text
+
+
+def first_command_line(text: str) -> str:
+    """The first non-empty line of a reply, without fences, a `$ ` prompt or a trailing period."""
+    for line in _strip_fences(text).splitlines():
+        line = line.strip()
+        if line.startswith("$ "):
+            line = line[2:].strip()
+        if line:
+            return line
+    return ""
+
+
+def python_snippet(text: str) -> str:
+    """A reply's code without fences or `>>> ` prompts (CoNaLa answers may span lines)."""
+    lines = [line[4:] if line.startswith(">>> ") else line for line in _strip_fences(text).splitlines()]
+    return "\n".join(lines).strip()
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    instructions: str
+    code_field: str
+    clean: Callable[[str], str]
+    score: Callable[[Sequence[str], Sequence[str]], dict[str, float]]
+    primary_metric: str  # the accuracy column the plots and the targets use
+
+    def load(self, split: str, limit: int = 0, seed: int = 0) -> list[Record]:
+        """Records of a split; with `limit`, a seeded random subset of that size kept in file order."""
+        path = DATA_ROOT / self.name / f"{split}.jsonl"
+        if not path.is_file():
+            raise FileNotFoundError(f"{self.name} split not found: {path}")
+        with path.open(encoding="utf-8") as lines:
+            rows = [json.loads(line) for line in lines]
+        records = [Record(row["id"], row["nl"], row[self.code_field]) for row in rows]
+        if limit and limit < len(records):
+            keep = set(random.Random(seed).sample(range(len(records)), limit))
+            records = [record for index, record in enumerate(records) if index in keep]
+        return records
+
+    def evaluate(self, replies: Sequence[str], records: Sequence[Record]) -> dict[str, float]:
+        return self.score([self.clean(reply) for reply in replies], [record.target for record in records])
+
+
+TASKS: dict[str, Task] = {
+    "nl2bash": Task(
+        "nl2bash", NL2BASH_INSTRUCTIONS, "cmd", first_command_line, nl2bash_scores, "template_match"
+    ),
+    "conala": Task("conala", CONALA_INSTRUCTIONS, "code", python_snippet, conala_scores, "bleu"),
+    "tldr": Task("tldr", TLDR_INSTRUCTIONS, "code", first_command_line, tldr_scores, "command_name_acc"),
+}
+
+
+def get_task(name: str) -> Task:
+    if name not in TASKS:
+        raise KeyError(f"unknown dataset {name!r}; choose from {', '.join(TASKS)}")
+    return TASKS[name]

@@ -1,0 +1,167 @@
+"""Train and export the table's fine-tuned methods with the internalizer's own building blocks.
+
+A thin adapter: `internalizer.job.internalize` works on a template mined from the gateway's log, while the
+benchmark trains on dataset records directly, so this module wires the same steps (template compression,
+MiniLM + FAISS retrieval, stage sequences, progressive LoRA training, merge + GGUF export + llama.cpp
+check) around a list of records. Each method gets a fresh copy of the base weights: export merges the LoRA
+into the weights it trained.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks.paper_tasks import Record, Task
+from gateway.query_format import query_only_messages
+from internalizer.base import BaseModel
+from internalizer.compress import compress_text
+from internalizer.config import InternalizeConfig
+from internalizer.dataset import Example, prompt_ids
+from internalizer.dataset import Record as TrainRecord
+from internalizer.export import export_model
+from internalizer.job import stage_sequences
+from internalizer.retrieve import ExampleRetriever
+from internalizer.schedule import Stage, build_stages
+from internalizer.train import lora_model, train_stages
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """One trained method: which stages it trains and what prompt it is served."""
+
+    key: str
+    stages: tuple[Stage, ...]
+    serves: str  # "full" (instructions + 5 retrieved examples) or "query"
+
+
+def full_prompt_spec(key: str = "ft_full", n_shots: int = 5) -> TrainSpec:
+    """Plain fine-tuning on the full prompt (whole template + k retrieved examples), served the same."""
+    return TrainSpec(key, (Stage(1, 1.0, n_shots),), "full")
+
+
+def query_only_spec(key: str = "ft_query") -> TrainSpec:
+    """Fine-tuning on the query alone, one stage: no template, no examples, no schedule."""
+    return TrainSpec(key, (Stage(1, 0.0, 0),), "query")
+
+
+def promptintern_spec(key: str, cfg: InternalizeConfig) -> TrainSpec:
+    """PromptIntern: `cfg.stages` progressive stages (template r_t, examples k_t falling), then query-only."""
+    stages = build_stages(cfg.stages, cfg.schedule, cfg.template_ratio_start, cfg.examples_start)
+    return TrainSpec(key, tuple(stages), "query")
+
+
+@dataclass
+class TrainedModel:
+    key: str
+    gguf_path: Path
+    stages: list[dict[str, Any]]
+    train_seconds: float
+    export_seconds: float
+    n_train: int
+    skipped_per_stage: list[int]
+    verify_agreement: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"gguf_path": str(self.gguf_path)}
+
+
+class Trainer:
+    """Trains every method of one dataset from the same base weights, retriever and compressed templates."""
+
+    def __init__(self, task: Task, base: BaseModel, train_records: Sequence[Record], work_dir: Path) -> None:
+        self.task = task
+        self.base = base
+        self.work_dir = Path(work_dir)
+        self._templates: dict[float, str] = {}
+        self._shots: dict[int, list[list[Example]]] = {}
+        self._retriever: ExampleRetriever | None = None
+        self.records = list(train_records)
+        self._trained: dict[str, TrainedModel] = {}
+
+    def template(self, ratio: float) -> str:
+        """The instructions kept at `ratio` by the base model's token surprisal (computed once per ratio)."""
+        if ratio <= 0:
+            return ""
+        if ratio not in self._templates:
+            compressed = compress_text(self.base.model, self.base.tokenizer, self.task.instructions, ratio)
+            self._templates[ratio] = compressed.text
+        return self._templates[ratio]
+
+    def shots(self, records: Sequence[Record], k: int) -> list[list[Example]]:
+        """k nearest training examples for each record (never itself), from the whole training pool."""
+        if k <= 0:
+            return [[] for _ in records]
+        if self._retriever is None:
+            self._retriever = ExampleRetriever([Example(r.id, r.query, r.target) for r in self.records])
+        return self._retriever.top_k_batch([r.query for r in records], k)
+
+    def train(
+        self,
+        spec: TrainSpec,
+        cfg: InternalizeConfig,
+        n_train: int,
+        say: Callable[[str], None] = print,
+    ) -> TrainedModel:
+        # Same stages, requests and hyperparameters -> the same model: reuse it (and its checkpoints on disk).
+        identity = (
+            f"{spec.stages}|{n_train}|{dataclasses.replace(cfg, stages=0, schedule='linear').fingerprint()}"
+        )
+        run_name = f"{spec.key}-n{n_train}-{hashlib.sha256(identity.encode()).hexdigest()[:10]}"
+        if identity in self._trained:
+            return self._trained[identity]
+        records = self.records[:n_train]
+        train_records = [TrainRecord(r.id, {"query": r.query}, r.target) for r in records]
+        k_max = max(stage.n_examples for stage in spec.stages)
+        shots = self.shots(records, k_max)
+        stage_data, skipped = [], []
+        for stage in spec.stages:
+            sequences, n_skipped = stage_sequences(
+                stage,
+                train_records,
+                self.template(stage.template_ratio),
+                shots,
+                self.base.tokenizer,
+                cfg.seq_len,
+            )
+            stage_data.append(sequences)
+            skipped.append(n_skipped)
+        run_dir = self.work_dir / "runs" / run_name
+        model = lora_model(copy.deepcopy(self.base.model), cfg)
+        started = time.perf_counter()
+        results = train_stages(
+            model, stage_data, cfg, run_dir, self.base.tokenizer.pad_token_id, progress=False
+        )
+        train_seconds = time.perf_counter() - started
+        say(f"  trained {spec.key} on {len(records)} requests in {train_seconds:.0f}s; exporting {cfg.quant}")
+        verify = [
+            prompt_ids(self.base.tokenizer, query_only_messages({"query": r.query})) for r in records[:2]
+        ]
+        started = time.perf_counter()
+        exported = export_model(
+            model,
+            self.base,
+            self.work_dir / "models",
+            run_name,
+            cfg.quant,
+            verify,
+            max_new_tokens=16,
+            min_agreement=0.0,  # a 4-bit file rarely matches float32 token for token; recorded, not gated
+        )
+        self._trained[identity] = TrainedModel(
+            key=spec.key,
+            gguf_path=exported.gguf_path,
+            stages=[asdict(r) | asdict(s) for r, s in zip(results, spec.stages, strict=True)],
+            train_seconds=round(train_seconds, 1),
+            export_seconds=round(time.perf_counter() - started, 1),
+            n_train=len(records),
+            skipped_per_stage=skipped,
+            verify_agreement=exported.verification.agreement,
+        )
+        return self._trained[identity]

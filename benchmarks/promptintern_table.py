@@ -1,0 +1,402 @@
+"""Side-by-side benchmark of PromptIntern against the paper's baselines, on real NL-to-code data.
+
+Usage (from the repository root):
+
+    .venv/bin/python -m benchmarks.promptintern_table --dataset nl2bash --config cpu
+    .venv/bin/python -m benchmarks.promptintern_table --dataset all --config full     # a GPU machine
+    .venv/bin/python -m benchmarks.promptintern_table --dataset nl2bash --config smoke  # harness check
+
+For each dataset it trains and evaluates, on SmolLM2-135M-Instruct and the same train/dev split:
+the base model with the full prompt (instructions + 5 examples retrieved by MiniLM + FAISS), with that
+prompt compressed by token surprisal to 50% and 25%, and with 5 fixed examples whose prefix llama.cpp
+reuses from its KV cache; the model fine-tuned on the full prompt; fine-tuned on the query alone in one
+stage; and PromptIntern (progressive template compression and example absorption, served the query
+alone). Every local method runs on a Q4_1 GGUF in llama.cpp with n_threads = the cores given to this
+process and the same generation cap. Then the ablations (schedule, number of stages, training
+requests), each a PromptIntern model served the query alone.
+
+Writes benchmarks/results/<dataset>.json (every figure), <dataset>.md (the table) and <dataset>_*.png
+(plots) after every finished method, so a run cut short leaves a file marked `"partial": true`.
+Configurations: `smoke` (minutes), `cpu` (a subset and a short schedule; under 60 minutes on a 2-core
+machine, enforced by a time budget that skips, and records, whatever would not fit), `full` (all dev
+requests, the paper's sizes; meant for a GPU machine). The configuration that ran is printed and stored.
+Trained models and checkpoints go under --work-dir (default ~/.cache/promptintern-bench); a re-run
+resumes from the finished stages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from benchmarks import paper_prompts as prompts  # noqa: E402
+from benchmarks.paper_cost import load_price_model  # noqa: E402
+from benchmarks.paper_llama import LlamaRunner, Measurement, cpu_threads  # noqa: E402
+from benchmarks.paper_results import Results  # noqa: E402
+from benchmarks.paper_tasks import TASKS, Record, Task  # noqa: E402
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str
+    n_pool: int  # training records loaded: the example pool and the training requests (a seeded subset)
+    n_train: int  # training requests of the main trained methods
+    n_dev: int  # dev requests scored for the main table
+    n_dev_ablation: int  # dev requests scored for each ablation point
+    max_tokens: int  # generation cap, the same for every method
+    budget_min: float  # the run skips (and records) what would not finish in this many minutes
+    # Training (InternalizeConfig fields): the same for every trained method.
+    train: dict[str, Any] = field(default_factory=dict)
+    schedules: tuple[str, ...] = ()
+    stage_counts: tuple[int, ...] = ()  # total stages T, the last one query-only (T=1 is one-stage FT)
+    train_sizes: tuple[int, ...] = ()
+
+
+CONFIGS: dict[str, RunConfig] = {
+    "smoke": RunConfig(
+        "smoke", n_pool=200, n_train=16, n_dev=6, n_dev_ablation=4, max_tokens=24, budget_min=20,
+        train={"stages": 1, "epochs_per_stage": 1.0, "final_stage_epochs": 1.0, "batch_size": 2,
+               "seq_len": 1024},
+        schedules=("linear", "exponential"), stage_counts=(1, 2), train_sizes=(16,),
+    ),
+    "cpu": RunConfig(
+        "cpu", n_pool=2000, n_train=48, n_dev=40, n_dev_ablation=24, max_tokens=40, budget_min=57,
+        train={"stages": 2, "epochs_per_stage": 1.0, "final_stage_epochs": 3.0, "batch_size": 2,
+               "seq_len": 1024},
+        schedules=("linear", "exponential", "inverse-exponential"), stage_counts=(1, 2, 3, 4),
+        train_sizes=(48, 100, 300),
+    ),
+    "full": RunConfig(
+        "full", n_pool=0, n_train=1000, n_dev=0, n_dev_ablation=200, max_tokens=64, budget_min=600,
+        train={"stages": 3, "epochs_per_stage": 1.0, "final_stage_epochs": 3.0, "batch_size": 8,
+               "seq_len": 1024},
+        schedules=("linear", "exponential", "inverse-exponential"), stage_counts=(1, 2, 3, 4),
+        train_sizes=(100, 300, 1000),
+    ),
+}  # fmt: skip
+# Shared by every trained method: start PromptIntern where full-prompt fine-tuning is (whole template,
+# 5 examples); same quantization as the base GGUF.
+TRAIN_DEFAULTS = {
+    "template_ratio_start": 1.0,
+    "examples_start": 5,
+    "lr": 1e-3,
+    "quant": "q4_1",
+    "warmup_steps": 2,
+}
+
+
+class Budget:
+    def __init__(self, minutes: float) -> None:
+        self.deadline = time.monotonic() + 60 * minutes
+
+    def left_s(self) -> float:
+        return self.deadline - time.monotonic()
+
+
+def say(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def load_records(task: Task, rc: RunConfig) -> tuple[list[Record], list[Record]]:
+    pool = task.load("train", limit=rc.n_pool, seed=0)
+    dev = task.load("dev", limit=rc.n_dev, seed=0)
+    return pool, dev
+
+
+def measured_entry(
+    task: Task, records: list[Record], run: Measurement, price_per_hour_cost
+) -> dict[str, Any]:
+    perf = run.summary()
+    return {
+        "metrics": task.evaluate(run.replies, records),
+        "perf": perf,
+        "cost_per_1k_local": price_per_hour_cost(perf["throughput_rps"]),
+        "samples": [
+            {"query": r.query, "target": r.target, "reply": reply}
+            for r, reply in list(zip(records, run.replies, strict=True))[:5]
+        ],
+    }
+
+
+def run_dataset(
+    task: Task, rc: RunConfig, out_dir: Path, work_dir: Path, args: argparse.Namespace
+) -> Results:
+    from benchmarks.paper_train import Trainer, full_prompt_spec, promptintern_spec, query_only_spec
+    from gateway.base_model import smollm2_gguf_path
+    from internalizer.base import load_base
+    from internalizer.config import load_config
+
+    budget = Budget(rc.budget_min)
+    prices = load_price_model(args.upstream_model, args.local_price_per_hour)
+    pool, dev = load_records(task, rc)
+    train_records = pool[: max([rc.n_train, *rc.train_sizes])]
+    base_gguf = smollm2_gguf_path()
+    threads = cpu_threads()
+    train_cfg = load_config(overrides={**TRAIN_DEFAULTS, **rc.train, "threads": threads})
+    results = Results(
+        out_dir,
+        task.name,
+        {
+            "config": rc.name,
+            "config_values": dataclasses.asdict(rc),
+            "train_config": train_cfg.to_dict(),
+            "n_dev": len(dev),
+            "n_train": rc.n_train,
+            "n_pool": len(pool),
+            "n_threads": threads,
+            "max_tokens": rc.max_tokens,
+            "quant": "Q4_1",
+            "base_model": base_gguf.name,
+            "metric_names": list(task.score(["x"], ["x"]).keys()),
+            "primary_metric": task.primary_metric,
+            "price_model": prices.to_dict() | {"notes": "see benchmarks/paper_cost.py"},
+            "command": " ".join(sys.argv),
+        },
+    )
+    say(
+        f"config {rc.name}: {task.name}, {len(dev)} dev / {len(pool)} pool / {rc.n_train} train; "
+        f"{threads} threads"
+    )
+
+    base = load_base(base_gguf)
+    trainer = Trainer(task, base, train_records, work_dir / task.name)
+    say("retrieving 5 examples per dev request (MiniLM + FAISS over the training pool)")
+    dev_shots = _dev_shots(pool, dev)
+    full = [prompts.full_messages(task, shots, r.query) for r, shots in zip(dev, dev_shots, strict=True)]
+    fixed = prompts.fixed_shots(pool)
+    fixed_full = [prompts.full_messages(task, fixed, r.query) for r in dev]
+    query_only = [prompts.query_messages(r.query) for r in dev]
+    cost = prices.local_per_1k
+    n_ctx = 2048
+
+    # 1. Untrained methods, on the base GGUF.
+    runner = LlamaRunner(base_gguf, n_ctx=n_ctx, n_threads=threads)
+    say("base model, full prompt (no prefix reuse)")
+    results.add_method("base_full", measured_entry(task, dev, runner.measure(full, rc.max_tokens), cost))
+    say("base model, fixed examples, prefix KV cache reused")
+    entry = measured_entry(task, dev, runner.measure(fixed_full, rc.max_tokens, reuse_prefix=True), cost)
+    results.add_method("base_full_cached", entry)
+    static_tokens = {
+        "retrieved": len(runner.llm.tokenize(task.instructions.encode(), add_bos=False)),
+        "fixed": len(runner.llm.tokenize(prompts.context_text(task, fixed).encode(), add_bos=False)),
+    }
+    say("compressing instructions + examples by token surprisal (50% and 25%)")
+    compressed = _compress_contexts(task, base, dev_shots, (0.5, 0.25))
+    for ratio, (contexts, seconds) in compressed.items():
+        messages = [prompts.compressed_messages(c, r.query) for c, r in zip(contexts, dev, strict=True)]
+        entry = measured_entry(task, dev, runner.measure(messages, rc.max_tokens), cost)
+        entry["compression_ms_per_request"] = 1000 * seconds / max(len(dev), 1)
+        results.add_method(f"base_compressed_{int(ratio * 100)}", entry)
+    _add_upstream(results, prices, static_tokens)
+    runner.close()
+
+    # 2. Trained methods (cheapest first), each exported to a Q4_1 GGUF and served by llama.cpp.
+    specs = [
+        (query_only_spec(), query_only),
+        (promptintern_spec("promptintern", train_cfg), query_only),
+        (full_prompt_spec(), full),
+    ]
+    trained: dict[str, Any] = {}
+    for spec, requests in specs:
+        if budget.left_s() < 60:
+            results.skip(spec.key, f"time budget of {rc.budget_min} min spent")
+            continue
+        say(f"training {spec.key}: stages {[(s.template_ratio, s.n_examples) for s in spec.stages]}")
+        try:
+            model = trainer.train(spec, train_cfg, rc.n_train, say)
+        except Exception as exc:  # one method failing must not lose the others
+            results.skip(spec.key, f"{type(exc).__name__}: {exc}")
+            continue
+        trained[spec.key] = model
+        runner = LlamaRunner(model.gguf_path, n_ctx=n_ctx, n_threads=threads)
+        entry = measured_entry(task, dev, runner.measure(requests, rc.max_tokens), cost)
+        runner.close()
+        results.add_method(spec.key, entry | {"training": model.to_dict()})
+    _check_targets(results, task)
+
+    # 3. Ablations: PromptIntern variants, query-only on a dev subset; the main runs are reused where equal.
+    _run_ablations(results, task, rc, train_cfg, trainer, dev[: rc.n_dev_ablation], budget, n_ctx, threads)
+    _check_targets(results, task)
+    results.save(final=True)
+    return results
+
+
+def _dev_shots(pool: list[Record], dev: list[Record]) -> list[list[Any]]:
+    from internalizer.dataset import Example
+    from internalizer.retrieve import ExampleRetriever
+
+    retriever = ExampleRetriever([Example(r.id, r.query, r.target) for r in pool])
+    return retriever.top_k_batch([r.query for r in dev], prompts.N_SHOTS)
+
+
+def _compress_contexts(task: Task, base, dev_shots, ratios) -> dict[float, tuple[list[str], float]]:
+    from internalizer.compress import compress_text
+
+    out = {}
+    for ratio in ratios:
+        started = time.perf_counter()
+        texts = [
+            compress_text(base.model, base.tokenizer, prompts.context_text(task, shots), ratio).text
+            for shots in dev_shots
+        ]
+        out[ratio] = (texts, time.perf_counter() - started)
+    return out
+
+
+def _add_upstream(results: Results, prices, static_tokens: dict[str, int]) -> None:
+    """What the same traffic costs at the upstream API, with and without provider prompt caching."""
+    methods = results.methods
+    rows = {}
+    for key, traffic, cached in (
+        ("full_retrieved_nocache", "base_full", 0),
+        ("full_retrieved_cached", "base_full", static_tokens["retrieved"]),
+        ("full_fixed_cached", "base_full_cached", static_tokens["fixed"]),
+    ):
+        perf = methods[traffic]["perf"]
+        label = {
+            "full_retrieved_nocache": "full prompt, retrieved examples, no caching",
+            "full_retrieved_cached": "full prompt, retrieved examples, instructions cached",
+            "full_fixed_cached": "full prompt, fixed examples, whole prefix cached",
+        }[key]
+        rows[key] = {
+            "label": f"{prices.upstream_model}: {label}",
+            "input_tokens": perf["mean_input_tokens"],
+            "output_tokens": perf["mean_output_tokens"],
+            "cached_tokens": float(cached),
+            "cost_per_1k": prices.upstream_per_1k(
+                perf["mean_input_tokens"], perf["mean_output_tokens"], cached
+            ),
+        }
+    results.data["upstream"] = rows
+    results.save()
+
+
+def _run_ablations(results, task, rc, train_cfg, trainer, dev, budget, n_ctx, threads) -> None:
+    from benchmarks.paper_train import promptintern_spec, query_only_spec
+
+    requests = [prompts.query_messages(r.query) for r in dev]
+    points = [("schedule", s, {"schedule": s}, rc.n_train) for s in rc.schedules]
+    points += [("stages", t, {"stages": t - 1}, rc.n_train) for t in rc.stage_counts]
+    points += [("train_size", n, {}, n) for n in rc.train_sizes]
+    for kind, value, overrides, n_train in points:
+        if n_train > len(trainer.records):
+            results.skip(f"ablation {kind}={value}", f"only {len(trainer.records)} training requests loaded")
+            continue
+        if budget.left_s() < 120:
+            results.skip(f"ablation {kind}={value}", f"time budget of {rc.budget_min} min spent")
+            continue
+        cfg = dataclasses.replace(train_cfg, **overrides)
+        spec = query_only_spec() if cfg.stages == 0 else promptintern_spec("promptintern", cfg)
+        say(f"ablation {kind}={value}: {len(spec.stages)} stages, {n_train} requests")
+        try:
+            model = trainer.train(spec, cfg, n_train, say)  # resumes (no retraining) when a main run matches
+        except Exception as exc:
+            results.skip(f"ablation {kind}={value}", f"{type(exc).__name__}: {exc}")
+            continue
+        runner = LlamaRunner(model.gguf_path, n_ctx=n_ctx, n_threads=threads)
+        run = runner.measure(requests, rc.max_tokens)
+        runner.close()
+        entry = {
+            "value": value,
+            "n_train": n_train,
+            "n_dev": len(dev),
+            "metrics": task.evaluate(run.replies, dev),
+            "train_seconds": model.train_seconds,
+            "stages": [(s["template_ratio"], s["n_examples"]) for s in model.stages],
+        }
+        results.add_ablation(kind, entry)
+
+
+def _check_targets(results: Results, task: Task) -> None:
+    m = results.methods
+    metric = task.primary_metric
+    targets = {}
+    if "promptintern" in m and "ft_full" in m:
+        gap = m["ft_full"]["metrics"][metric] - m["promptintern"]["metrics"][metric]
+        ours, reference = m["promptintern"]["metrics"][metric], m["ft_full"]["metrics"][metric]
+        targets["accuracy within 1 point of full-prompt fine-tuning"] = {
+            "met": gap <= 1.0,
+            "detail": f"{metric} {ours:.1f} vs {reference:.1f}",
+        }
+    if "promptintern" in m and "base_compressed_50" in m:
+        best = max(m[k]["metrics"][metric] for k in ("base_compressed_50", "base_compressed_25") if k in m)
+        targets["far above the compressed-prompt baselines"] = {
+            "met": m["promptintern"]["metrics"][metric] > best,
+            "detail": f"{metric} {m['promptintern']['metrics'][metric]:.1f} vs best compressed {best:.1f}",
+        }
+    if "promptintern" in m and "base_full" in m:
+        pi, full = m["promptintern"]["perf"], m["base_full"]["perf"]
+        saved = 1 - pi["mean_input_tokens"] / full["mean_input_tokens"]
+        targets[">= 90% fewer input tokens than the full prompt"] = {
+            "met": saved >= 0.9,
+            "detail": f"{pi['mean_input_tokens']:.0f} vs {full['mean_input_tokens']:.0f} "
+            f"({100 * saved:.1f}% fewer)",
+        }
+        speedup = full["latency_p50_ms"] / pi["latency_p50_ms"]
+        targets[">= 5x lower p50 latency than the full prompt (retrieved examples)"] = {
+            "met": speedup >= 5,
+            "detail": f"p50 {pi['latency_p50_ms']:.0f} ms vs {full['latency_p50_ms']:.0f} ms "
+            f"({speedup:.1f}x)",
+        }
+    if "promptintern" in m and "base_full_cached" in m:
+        pi, cached = m["promptintern"]["perf"], m["base_full_cached"]["perf"]
+        targets["no slower than the fixed-prefix full prompt with llama.cpp KV reuse"] = {
+            "met": pi["latency_p50_ms"] <= cached["latency_p50_ms"],
+            "detail": f"p50 {pi['latency_p50_ms']:.0f} ms vs {cached['latency_p50_ms']:.0f} ms",
+        }
+    upstream = results.data.get("upstream", {})
+    if "promptintern" in m and upstream:
+        cheapest = min(upstream[k]["cost_per_1k"] for k in ("full_retrieved_cached", "full_fixed_cached"))
+        local = m["promptintern"]["cost_per_1k_local"]
+        targets[">= 80% lower cost than the upstream with provider prompt caching"] = {
+            "met": local <= 0.2 * cheapest,
+            "detail": f"${local:.5f} vs ${cheapest:.5f} per 1k requests "
+            f"({100 * (1 - local / cheapest):.1f}% lower)",
+        }
+    results.data["targets"] = targets
+    results.save()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", choices=[*TASKS, "all"], default="nl2bash")
+    parser.add_argument("--config", choices=list(CONFIGS), default="cpu")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--work-dir", type=Path, default=Path.home() / ".cache" / "promptintern-bench")
+    parser.add_argument("--budget-min", type=float, default=None, help="override the config's time budget")
+    parser.add_argument(
+        "--upstream-model", default="gpt-4o-mini", help="litellm cost-map name for API prices"
+    )
+    parser.add_argument("--local-price-per-hour", type=float, default=0.10, help="dollars per machine-hour")
+    parser.add_argument("--no-plots", action="store_true")
+    args = parser.parse_args(argv)
+    rc = CONFIGS[args.config]
+    if args.budget_min is not None:
+        rc = dataclasses.replace(rc, budget_min=args.budget_min)
+    datasets = list(TASKS) if args.dataset == "all" else [args.dataset]
+    say(f"running config '{rc.name}' on {', '.join(datasets)}: {rc}")
+    for name in datasets:
+        results = run_dataset(TASKS[name], rc, args.out, args.work_dir / rc.name, args)
+        if not args.no_plots:
+            from benchmarks.paper_plots import write_plots
+
+            write_plots(results.data, args.out)
+        say(f"{name}: wrote {results.json_path} and {results.md_path} (config '{rc.name}')")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""The gateway's FastAPI app: `create_app(settings)`, with all state built in the lifespan.
+
+Lifespan: open the request log (writer thread), register the configured models (or start the embedded
+llama.cpp server when there are none), build the upstream clients; on shutdown, undo it all in reverse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from gateway.auth import Authenticator
+from gateway.backends import ChooseBackend, ModelRegistry, choose_backend
+from gateway.chat import chat_completions
+from gateway.embedded import EmbeddedServer
+from gateway.errors import GatewayError, install_error_handlers
+from gateway.log_writer import LogWriter
+from gateway.metrics import GatewayMetrics
+from gateway.pricing import Pricer
+from gateway.settings import Settings
+from gateway.state import Gateway
+from gateway.upstream import Upstream
+
+log = logging.getLogger("promptintern.gateway")
+
+ROUTE_HEADER = b"x-promptintern-route"
+OVERHEAD_HEADER = b"x-promptintern-overhead-ms"
+
+
+def create_app(settings: Settings, choose: ChooseBackend = choose_backend) -> FastAPI:
+    """A gateway app for these settings. `choose` picks the backend per request (the router's seam)."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            settings.ensure_home()
+            writer = LogWriter(settings.db_path, settings.log_batch_max)
+            writer.start()
+            stack.callback(writer.stop)
+            registry = ModelRegistry(default_model=settings.default_model)
+            for model in settings.models:
+                registry.add(model)
+            embedded = None
+            if not settings.models:
+                embedded = EmbeddedServer(settings, on_address_change=registry.add)
+                await embedded.start()
+                stack.push_async_callback(embedded.stop)
+                registry.add(embedded.upstream_model())
+            registry.check()
+            upstream = Upstream(settings, secrets=_secrets(settings))
+            stack.push_async_callback(upstream.aclose)
+            app.state.embedded = embedded
+            app.state.gateway = gateway = Gateway(
+                settings=settings,
+                registry=registry,
+                upstream=upstream,
+                writer=writer,
+                metrics=GatewayMetrics(),
+                pricer=Pricer(settings),
+                auth=Authenticator(settings.api_keys),
+                choose_backend=choose,
+            )
+            await _warm_token_counters(gateway)
+            await asyncio.to_thread(gateway.pricer.warm, list(registry.models.values()))
+            yield
+
+    app = FastAPI(
+        title="PromptIntern Gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
+    )
+    install_error_handlers(app)
+    app.add_middleware(GatewayHeaders)
+
+    @app.post("/v1/chat/completions")
+    async def _chat(request: Request) -> Response:
+        return await chat_completions(request, request.app.state.gateway)
+
+    @app.get("/v1/models")
+    async def _models(request: Request) -> Response:
+        gateway: Gateway = request.app.state.gateway
+        gateway.auth.authenticate(request.headers.get("authorization"))
+        return JSONResponse({"object": "list", "data": gateway.registry.listing()})
+
+    @app.get("/health")
+    async def _health(request: Request) -> dict[str, Any]:
+        gateway: Gateway = request.app.state.gateway
+        embedded: EmbeddedServer | None = request.app.state.embedded
+        return {
+            "status": "ok",
+            "models": sorted(gateway.registry.models),
+            "embedded": None if embedded is None else embedded.status(),
+            "log": {"path": str(gateway.settings.db_path), "rows": gateway.writer.rows},
+        }
+
+    @app.get("/metrics")
+    async def _metrics(request: Request) -> Response:
+        metrics: GatewayMetrics = request.app.state.gateway.metrics
+        return Response(metrics.exposition(), media_type=metrics.content_type)
+
+    return app
+
+
+async def _warm_token_counters(gateway: Gateway) -> None:
+    """Load the tokenizers of llama.cpp backends now, not inside the first stream's latency."""
+    for model in gateway.registry.models.values():
+        if model.gguf_path is not None:
+            counter = gateway.token_counters.for_model(model.gguf_path)
+            await asyncio.to_thread(counter.count, [{"role": "user", "content": "warm-up"}], "")
+
+
+def _secrets(settings: Settings) -> list[str]:
+    """Every secret the gateway knows: scrubbed from any upstream message before it reaches a client."""
+    keys = [key.get_secret_value() for key in settings.api_keys]
+    keys += [m.api_key.get_secret_value() for m in settings.models if m.api_key is not None]
+    return keys
+
+
+class GatewayHeaders:
+    """Pure ASGI middleware: the request's start time, the route/overhead headers on every response (errors
+    included), and a JSON 500 instead of a traceback for anything unexpected."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        scope["promptintern.started"] = started
+        response_started = False
+
+        async def send_with_headers(message: dict) -> None:
+            nonlocal response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+                headers = list(message.get("headers") or [])
+                names = {name.lower() for name, _ in headers}
+                if ROUTE_HEADER not in names:  # answered by the gateway itself: all of it is overhead
+                    headers.append((ROUTE_HEADER, b"none"))
+                if OVERHEAD_HEADER not in names:
+                    headers.append(
+                        (OVERHEAD_HEADER, f"{(time.perf_counter() - started) * 1000:.3f}".encode())
+                    )
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_headers)
+        except Exception as exc:
+            log.error("unexpected %s on %s %s", type(exc).__name__, scope.get("method"), scope.get("path"))
+            if response_started:
+                raise
+            response = GatewayError(500, "Internal gateway error.", code="internal_error").response()
+            await response(scope, receive, send_with_headers)

@@ -1,0 +1,107 @@
+"""`POST /v1/chat/completions`: auth -> parse/validate -> choose a backend -> call -> log -> respond.
+
+Authentication comes before parsing so an unauthenticated caller costs neither a JSON parse nor a logged
+prompt. Every request, failed or not, becomes one `requests` row, and that row is committed before the
+response completes: before the JSON body is sent, and for a stream before its final chunk and `[DONE]`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
+
+from gateway.errors import GatewayError, validation_message
+from gateway.exchange import Exchange, log_exchange, log_unavailable, usage_from
+from gateway.schemas import ChatCompletionRequest
+from gateway.state import Gateway
+from gateway.streaming import stream_response
+
+
+async def chat_completions(request: Request, gateway: Gateway) -> Response:
+    exchange = Exchange(request.scope.get("promptintern.started", time.perf_counter()))
+    try:
+        exchange.api_key_id = gateway.auth.authenticate(request.headers.get("authorization"))
+        body = await read_json_body(request, gateway.settings.max_body_bytes)
+        exchange.body = body
+        if isinstance(body.get("model"), str):
+            exchange.model_requested = body["model"]
+        exchange.stream = body.get("stream") is True
+        chat_request = validate(body)
+        choice = gateway.choose_backend(chat_request, gateway.registry)
+        exchange.backend, exchange.route, exchange.template_id = (
+            choice.model,
+            choice.route,
+            choice.template_id,
+        )
+        if (chat_request.n or 1) > 1 and not choice.model.supports_n:
+            raise GatewayError(
+                400,
+                f"n={chat_request.n} is not supported by the backend for '{chat_request.model}'; "
+                "send n=1 (or omit it) and repeat the request for more choices.",
+                code="unsupported_parameter",
+                param="n",
+            )
+        send_body = choice.body if choice.body is not None else body
+        if chat_request.stream:
+            return await stream_response(gateway, exchange, send_body, chat_request.include_usage)
+        reply = await gateway.upstream.complete(choice.model, send_body, exchange.timing)
+    except GatewayError as exc:
+        return await _failed(gateway, exchange, exc)
+
+    choices = reply.body.get("choices") or [{}]
+    message = choices[0].get("message") or {}
+    exchange.response_text = message.get("content")
+    exchange.finish_reason = choices[0].get("finish_reason")
+    exchange.usage = usage_from(reply.body.get("usage"))
+    if not await log_exchange(gateway, exchange, 200):
+        return await _failed(gateway, exchange, log_unavailable(), log_row=False)
+    headers = exchange.headers()
+    if reply.raw is not None:
+        return Response(reply.raw, media_type="application/json", headers=headers)
+    return JSONResponse(reply.body, headers=headers)
+
+
+async def read_json_body(request: Request, max_bytes: int) -> dict[str, Any]:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > max_bytes:
+        raise _too_large(max_bytes)
+    parts, size = [], 0
+    async for part in request.stream():
+        size += len(part)
+        if size > max_bytes:
+            raise _too_large(max_bytes)
+        parts.append(part)
+    try:
+        body = json.loads(b"".join(parts))
+    except ValueError:  # also bad UTF-8
+        raise GatewayError(400, "The request body is not valid JSON.", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise GatewayError(400, "The request body must be a JSON object.", code="invalid_json")
+    return body
+
+
+def validate(body: dict[str, Any]) -> ChatCompletionRequest:
+    try:
+        return ChatCompletionRequest.model_validate(body)
+    except ValidationError as exc:
+        message, param = validation_message(list(exc.errors()))
+        raise GatewayError(400, message, code="invalid_value", param=param) from None
+
+
+def _too_large(max_bytes: int) -> GatewayError:
+    return GatewayError(
+        413, f"The request body is larger than the limit of {max_bytes} bytes.", code="request_too_large"
+    )
+
+
+async def _failed(
+    gateway: Gateway, exchange: Exchange, error: GatewayError, log_row: bool = True
+) -> Response:
+    if log_row:
+        await log_exchange(gateway, exchange, error.status, error)
+    return error.response(headers=exchange.headers())

@@ -1,0 +1,161 @@
+"""One request's journey through the gateway, as the log row it becomes.
+
+An `Exchange` is created when a request arrives and collects what the log needs as the request moves along
+(parse -> auth -> backend -> response); `row()` turns it into the `requests` row, with the timing figures:
+latency (end to end), overhead (gateway time, backend waits excluded) and time to first token.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from gateway.errors import GatewayError
+from gateway.log_writer import content_hash
+from gateway.pricing import Pricer, Usage
+from gateway.settings import UpstreamModel
+from gateway.state import Gateway
+from gateway.upstream import Timing
+
+log = logging.getLogger("promptintern.gateway")
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="microseconds")
+
+
+def usage_from(payload: dict[str, Any] | None) -> Usage | None:
+    """Token counts from an OpenAI `usage` object (None when the backend sent none)."""
+    if not isinstance(payload, dict):
+        return None
+    details = payload.get("prompt_tokens_details") or {}
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    return Usage(
+        prompt_tokens=int(payload.get("prompt_tokens") or 0),
+        completion_tokens=int(payload.get("completion_tokens") or 0),
+        cached_prompt_tokens=int(cached or 0),
+    )
+
+
+class Exchange:
+    def __init__(self, started_perf: float) -> None:
+        self.request_id = "req-" + uuid.uuid4().hex
+        # Wall-clock start, back-dated to when the request reached the gateway (the middleware's clock).
+        self.started_wall = time.time() - (time.perf_counter() - started_perf)
+        self.started_perf = started_perf
+        self.timing = Timing()
+        self.api_key_id: str | None = None
+        self.body: dict[str, Any] | None = None
+        self.model_requested: str | None = None
+        self.backend: UpstreamModel | None = None
+        self.route = "none"
+        self.template_id: str | None = None
+        self.stream = False
+        self.ttft_ms: float | None = None
+        self.response_text: str | None = None
+        self.finish_reason: str | None = None
+        self.usage: Usage | None = None
+
+    # ---- timing ----------------------------------------------------------------------------------------
+    def elapsed_ms(self) -> float:
+        return (time.perf_counter() - self.started_perf) * 1000
+
+    def overhead_ms(self, elapsed_ms: float | None = None) -> float:
+        """Time spent in the gateway itself so far: everything except waiting on the backend."""
+        elapsed_ms = self.elapsed_ms() if elapsed_ms is None else elapsed_ms
+        return max(0.0, elapsed_ms - self.timing.backend_s * 1000)
+
+    def mark_first_token(self) -> None:
+        if self.ttft_ms is None:
+            self.ttft_ms = self.elapsed_ms()
+
+    def headers(self) -> dict[str, str]:
+        return {
+            "x-promptintern-route": self.route,
+            "x-promptintern-overhead-ms": f"{self.overhead_ms():.3f}",
+            "x-request-id": self.request_id,
+        }
+
+    # ---- the log row -----------------------------------------------------------------------------------
+    def row(
+        self, status: int, pricer: Pricer, error: str | None = None, error_code: str | None = None
+    ) -> dict:
+        body = self.body or {}
+        messages = body.get("messages")
+        params = {k: v for k, v in body.items() if k not in ("messages", "model")}
+        latency_ms = self.elapsed_ms()
+        backend = self.backend
+        usage = self.usage
+        spend = None
+        if backend is not None and (usage is not None or backend.local):
+            spend = pricer.spend(backend, usage or Usage(), self.timing.backend_s)
+        return {
+            "request_id": self.request_id,
+            "startTime": _iso(self.started_wall),
+            "endTime": _iso(self.started_wall + latency_ms / 1000),
+            "api_key_id": self.api_key_id,
+            "model": self.model_requested,
+            "model_served": backend.litellm_model if backend else None,
+            "api_base": _without_credentials(backend.api_base) if backend else None,
+            "route": self.route,
+            "messages": json.dumps(messages, ensure_ascii=False) if messages is not None else None,
+            "params": json.dumps(params, ensure_ascii=False) if self.body is not None else None,
+            "stream": int(self.stream),
+            "response": self.response_text,
+            "finish_reason": self.finish_reason,
+            "prompt_tokens": usage.prompt_tokens if usage else None,
+            "completion_tokens": usage.completion_tokens if usage else None,
+            "total_tokens": (usage.prompt_tokens + usage.completion_tokens) if usage else None,
+            "cached_prompt_tokens": usage.cached_prompt_tokens if usage else None,
+            "ttft_ms": self.ttft_ms,
+            "latency_ms": latency_ms,
+            "overhead_ms": self.overhead_ms(latency_ms),
+            "spend": spend,
+            "status": status,
+            "error": error,
+            "error_code": error_code,  # metrics only; not a column
+            "source": "gateway",
+            "content_hash": content_hash(messages, params, self.response_text)
+            if self.body is not None
+            else None,
+            "template_id": self.template_id,
+            "local_compute_s": self.timing.backend_s if backend is not None and backend.local else None,
+        }
+
+
+def _without_credentials(url: str | None) -> str | None:
+    """An address fit for the log: no user:password@, no query string (keys sometimes travel there)."""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def log_unavailable() -> GatewayError:
+    return GatewayError(
+        503, "The request log is unavailable; the request was not recorded.", code="log_unavailable"
+    )
+
+
+async def log_exchange(
+    gateway: Gateway, exchange: Exchange, status: int, error: GatewayError | None = None
+) -> bool:
+    """Commit the request's row (awaiting the group commit); False if the database refused it."""
+    row = exchange.row(
+        status, gateway.pricer, error.message if error else None, error.code if error else None
+    )
+    try:
+        await gateway.writer.write(row)
+    except Exception as exc:
+        log.error("request %s not logged: %s", exchange.request_id, type(exc).__name__)
+        return False
+    finally:
+        gateway.metrics.observe(row)
+    return True

@@ -1,0 +1,121 @@
+"""Gateway API keys: a real gateway with two keys, the openai client with good, bad and missing keys."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import httpx
+import openai
+import pytest
+
+from gateway.auth import Authenticator, key_id
+from gateway.errors import GatewayError
+from gateway.settings import Settings
+from tests.gateway.conftest import fake_models, start_gateway
+
+KEYS = ["gw-key-alpha-123456", "gw-key-beta-654321"]
+MESSAGES = [{"role": "user", "content": "hello"}]
+
+
+@pytest.fixture(scope="module")
+def secured(fake_upstream, tmp_path_factory):
+    settings = Settings(
+        home=tmp_path_factory.mktemp("auth-home"),
+        models=fake_models(fake_upstream.url),
+        api_keys=",".join(KEYS),
+    )
+    running = start_gateway(settings)
+    yield running
+    running.stop()
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_each_configured_key_works_and_only_its_hash_is_logged(secured, key):
+    raw = secured.client(api_key=key).chat.completions.with_raw_response.create(
+        model="echo", messages=MESSAGES
+    )
+    assert raw.parse().choices[0].message.content == "echo: hello"
+    row = secured.row(raw.headers["x-request-id"])
+    assert row["api_key_id"] == key_id(key) and row["api_key_id"].startswith("key-")
+    assert key not in json.dumps(row)
+
+
+@pytest.mark.parametrize("bad_key", ["wrong-key", KEYS[0] + "x", KEYS[0][:-1], "GW-KEY-ALPHA-123456"])
+def test_bad_keys_get_401_in_openai_format(secured, bad_key):
+    with pytest.raises(openai.AuthenticationError) as caught:
+        secured.client(api_key=bad_key).chat.completions.create(model="echo", messages=MESSAGES)
+    response = caught.value.response
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "invalid_api_key"
+    assert "x-promptintern-overhead-ms" in response.headers
+    row = secured.row(response.headers["x-request-id"])
+    assert row["status"] == 401 and row["api_key_id"] is None
+    assert row["messages"] is None  # an unauthenticated caller's prompt is not stored
+
+
+def test_missing_header_and_other_schemes_get_401(secured):
+    for headers in ({}, {"authorization": f"Basic {KEYS[0]}"}, {"authorization": "Bearer"}):
+        response = secured.post({"model": "echo", "messages": MESSAGES}, headers=headers)
+        assert response.status_code == 401 and response.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_models_listing_needs_a_key_but_health_does_not(secured):
+    assert httpx.get(f"{secured.url}/models").status_code == 401
+    assert secured.client(api_key=KEYS[1]).models.list().data
+    assert httpx.get(f"{secured.root}/health").status_code == 200
+
+
+def test_authenticator_without_keys_is_open():
+    assert Authenticator([]).authenticate(None) is None
+    with pytest.raises(GatewayError):
+        Authenticator(Settings(api_keys="a-key-1234").api_keys).authenticate("Bearer other")
+
+
+def test_serve_without_keys_refuses_a_public_host(tmp_path, fake_upstream):
+    config = tmp_path / "config.yaml"
+    model = {
+        "name": "echo",
+        "litellm_model": "openai/echo",
+        "api_base": fake_upstream.url,
+        "transport": "direct",
+    }
+    config.write_text(json.dumps({"models": [model]}))
+    env = {
+        "PROMPTINTERN_HOME": str(tmp_path / "home"),
+        "PATH": "/usr/bin:/bin",
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+    }
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gateway.cli",
+            "--config",
+            str(config),
+            "serve",
+            "--host",
+            "0.0.0.0",
+            "--port=0",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert process.stderr is not None
+        lines = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = process.stderr.readline()
+            lines.append(line)
+            if "http://" in line:
+                break
+        output = "".join(lines)
+        assert "refusing to listen on 0.0.0.0" in output and "binding 127.0.0.1 only" in output
+        assert "http://127.0.0.1:0/v1" in output
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

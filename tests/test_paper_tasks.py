@@ -1,0 +1,192 @@
+"""The paper benchmark's metrics against hand-checked values, and its task adapters on the real data."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from benchmarks.paper_cost import PriceModel
+from benchmarks.paper_llama import percentile
+from benchmarks.paper_metrics import (
+    bash_template,
+    code_tokens,
+    conala_scores,
+    corpus_bleu,
+    nl2bash_scores,
+    tldr_scores,
+    tldr_template,
+)
+from benchmarks.paper_results import render_markdown
+from benchmarks.paper_tasks import TASKS, first_command_line, python_snippet
+
+
+def test_code_tokens_follow_the_official_conala_tokenisation():
+    assert code_tokens("re.sub('a', \"b\", myVar)") == [
+        "re", ".", "sub", "(", "`", "a", "`", ",", "`", "b", "`", ",", "my", "Var", ")",
+    ]  # fmt: skip
+
+
+def test_corpus_bleu_hand_checked():
+    ref = "the cat sat on the mat".split()
+    assert corpus_bleu([ref], [ref]) == pytest.approx(1.0)
+    # 5/6 unigrams, 3/5 bigrams, 2/4 trigrams, 1/3 4-grams match; equal lengths: no brevity penalty.
+    expected = math.exp((math.log(5 / 6) + math.log(3 / 5) + math.log(2 / 4) + math.log(1 / 3)) / 4)
+    assert corpus_bleu([ref], ["the cat sat on a mat".split()]) == pytest.approx(expected)
+    # No 4-gram in common: without smoothing, BLEU is 0.
+    assert corpus_bleu([ref], ["the cat on a mat".split()]) == 0.0
+    # Hypothesis "the cat sat on the" (5 tokens): precisions 1, 1, 1, 1; brevity exp(1 - 6/5).
+    assert corpus_bleu([ref], ["the cat sat on the".split()]) == pytest.approx(math.exp(1 - 6 / 5))
+    # Corpus level: n-gram counts are summed before the precisions are taken.
+    refs = [ref, "a b c d".split()]
+    hyps = [ref, "a b c x".split()]
+    # matches 1g 6+3=9/10, 2g 5+2=7/8, 3g 4+1=5/6, 4g 3+0=3/4; lengths equal -> no brevity penalty.
+    expected = math.exp((math.log(9 / 10) + math.log(7 / 8) + math.log(5 / 6) + math.log(3 / 4)) / 4)
+    assert corpus_bleu(refs, hyps) == pytest.approx(expected)
+    assert corpus_bleu([ref], [[]]) == 0.0
+
+
+def test_bash_template_keeps_structure_and_abstracts_arguments():
+    assert bash_template("find . -name '*.txt' | xargs -I{} rm {}") == [
+        "find", "ARG", "-name", "ARG", "|", "xargs", "-I{}", "rm", "ARG",
+    ]  # fmt: skip
+    assert bash_template('top -p "$(pgrep -d , java)"') == [
+        "top",
+        "-p",
+        "$(",
+        "pgrep",
+        "-d",
+        "ARG",
+        "ARG",
+        ")",
+    ]
+    assert bash_template("ls -la > out.txt && wc -l out.txt") == [
+        "ls",
+        "-la",
+        ">",
+        "ARG",
+        "&&",
+        "wc",
+        "-l",
+        "ARG",
+    ]
+    # Arguments differ, structure equal -> same template; a different flag -> different template.
+    assert bash_template("grep -r foo /tmp") == bash_template("grep -r 'bar baz' ~/src")
+    assert bash_template("grep -r foo /tmp") != bash_template("grep -ri foo /tmp")
+    # bashlex rejects an unclosed quote; the shlex fallback still gives the structure.
+    assert bash_template("echo 'unclosed | wc -l")[0] == "echo"
+
+
+def test_nl2bash_scores_hand_checked():
+    predictions = ["ls  -la", "grep -r bar /home", "cat a.txt"]
+    references = ["ls -la", "grep -r foo /tmp", "wc -l a.txt"]
+    scores = nl2bash_scores(predictions, references)
+    assert scores["exact_match"] == pytest.approx(100 / 3)  # only the whitespace-normalised first one
+    assert scores["template_match"] == pytest.approx(200 / 3)  # the first two share their structure
+    # utility/flag F1 per pair: 1, 1 (grep -r both), 0 (cat vs wc -l) -> 2/3.
+    assert scores["util_flag_f1"] == pytest.approx(200 / 3)
+    assert scores["bleu"] == 0.0  # no 4-gram of code tokens in common anywhere: unsmoothed BLEU is 0
+    assert nl2bash_scores(references, references)["bleu"] == pytest.approx(100.0)
+
+
+def test_conala_scores_hand_checked():
+    scores = conala_scores(["x = 'a'", "sorted(l)"], ['x = "a"', "sorted(l, reverse=True)"])
+    assert scores["exact_match"] == 50.0  # both quote kinds are one symbol
+    assert 0 < scores["bleu"] < 100
+
+
+def test_tldr_placeholders_and_option_alternatives():
+    reference = "tar {{[-x|--extract]}} {{[-f|--file]}} {{path/to/archive.tar}}"
+    assert tldr_template(reference) == ["tar", "-x", "-f", "ARG"]
+    scores = tldr_scores(
+        [
+            "tar --extract -f {{archive}}",  # long form of an alternative, another placeholder name: a match
+            "tar -c {{path/to/archive.tar}}",  # right tool, wrong option
+            "unzip {{file}}",  # wrong tool
+        ],
+        [reference] * 3,
+    )
+    assert scores["exact_match"] == pytest.approx(100 / 3)
+    assert scores["command_name_acc"] == pytest.approx(200 / 3)
+    # token F1: 1; {tar, ARG} of 3 predicted / 4 reference -> 2*(2/3)(2/4)/(2/3+2/4) = 4/7; 1 of 2 / 4 -> 1/3.
+    assert scores["token_f1"] == pytest.approx(100 * (1 + 4 / 7 + 1 / 3) / 3)
+
+
+def test_reply_cleaning():
+    assert first_command_line("```bash\n$ ls -la\n```\nThis lists files.") == "ls -la"
+    assert first_command_line("\n\nfind . -type f\nexplanation") == "find . -type f"
+    assert python_snippet("```python\n>>> x = 1\n>>> y = 2\n```") == "x = 1\ny = 2"
+    assert first_command_line("`ls -la`") == "ls -la"
+    assert first_command_line("sudo chmod u+s `which Xvfb`") == "sudo chmod u+s `which Xvfb`"
+
+
+@pytest.mark.parametrize("name", ["nl2bash", "conala", "tldr"])
+def test_tasks_load_real_records_and_score_their_own_targets_perfectly(name):
+    task = TASKS[name]
+    dev = task.load("dev", limit=20, seed=0)
+    assert len(dev) == 20 and all(r.query and r.target for r in dev)
+    assert dev == task.load("dev", limit=20, seed=0)  # seeded subset: the same every run
+    assert len(task.instructions.split()) > 150  # a realistic long template, one per dataset
+    replies = [r.target if name == "conala" else r.target + "\nsome explanation" for r in dev]
+    scores = task.evaluate(replies, dev)
+    assert scores["exact_match"] == 100.0
+    assert scores[task.primary_metric] == 100.0
+
+
+def test_price_model_and_percentile():
+    prices = PriceModel(
+        "m", input_per_token=1e-6, output_per_token=2e-6, cache_read_per_token=0.5e-6, local_per_hour=0.36
+    )
+    assert prices.upstream_per_1k(1000, 10) == pytest.approx(1000 * (1000e-6 + 20e-6))
+    assert prices.upstream_per_1k(1000, 10, cached_tokens=800) == pytest.approx(
+        1000 * (200e-6 + 400e-6 + 20e-6)
+    )
+    assert prices.local_per_1k(10.0) == pytest.approx(0.36 * 100 / 3600)  # 1000 requests at 10/s = 100 s
+    assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
+    assert percentile([1.0, 2.0, 3.0, 4.0], 95) == pytest.approx(3.85)
+
+
+def test_markdown_marks_a_partial_run():
+    data = {
+        "dataset": "nl2bash",
+        "partial": True,
+        "started_utc": "t0",
+        "metric_names": ["exact_match"],
+        "methods": {
+            "promptintern": {
+                "label": "PromptIntern",
+                "trained": "yes",
+                "prompt": "query",
+                "metrics": {"exact_match": 12.5},
+                "perf": {"mean_input_tokens": 40.0, "latency_p50_ms": 80.0},
+            }
+        },
+    }
+    text = render_markdown(data)
+    assert "PARTIAL RUN" in text
+    assert "| PromptIntern | yes | query | 12.5 | 40.0 | 80 |" in text
+
+
+def test_llama_runner_measures_real_requests():
+    pytest.importorskip("llama_cpp")
+    from benchmarks.paper_llama import LlamaRunner
+    from benchmarks.paper_prompts import fixed_shots, full_messages, query_messages
+    from gateway.base_model import smollm2_gguf_path
+
+    task = TASKS["nl2bash"]
+    dev = task.load("dev", limit=2, seed=0)
+    shots = fixed_shots(task.load("train", limit=200, seed=0))
+    assert len(shots) == 5 and len({s.output.split()[0] for s in shots}) == 5
+    runner = LlamaRunner(smollm2_gguf_path(), n_ctx=2048, n_threads=2)
+    try:
+        full = runner.measure([full_messages(task, shots, r.query) for r in dev], max_tokens=4, warmup=0)
+        cached = runner.measure([full_messages(task, shots, r.query) for r in dev], 4, reuse_prefix=True, warmup=0)
+        short = runner.measure([query_messages(r.query) for r in dev], max_tokens=4, warmup=0)
+    finally:
+        runner.close()
+    assert full.replies == cached.replies  # reusing the KV prefix does not change greedy answers
+    assert full.prompt_tokens == cached.prompt_tokens
+    assert min(full.prompt_tokens) > 10 * max(short.prompt_tokens) / 2  # instructions + 5 examples: long
+    assert all(0 < n <= 4 for n in full.completion_tokens)
+    summary = short.summary()
+    assert summary["requests"] == 2 and summary["latency_p95_ms"] >= summary["latency_p50_ms"] > 0

@@ -24,6 +24,8 @@ class Measurement:
     completion_tokens: list[int] = field(default_factory=list)
     latencies_s: list[float] = field(default_factory=list)
     wall_s: float = 0.0
+    # The machine's 1-minute load average before and after: latency is only comparable under similar load.
+    load_average: tuple[float, float] = (0.0, 0.0)
 
     def summary(self) -> dict[str, float]:
         lat = sorted(self.latencies_s)
@@ -35,6 +37,7 @@ class Measurement:
             "latency_p50_ms": 1000 * percentile(lat, 50),
             "latency_p95_ms": 1000 * percentile(lat, 95),
             "throughput_rps": n / self.wall_s if self.wall_s else 0.0,
+            "load_average_1min": list(self.load_average),
         }
 
 
@@ -81,6 +84,7 @@ class LlamaRunner:
         for messages in requests[:warmup]:  # page the weights in and fill caches: not part of the timing
             self._complete(messages, max_tokens, reuse_prefix)
         result = Measurement()
+        load_before = os.getloadavg()[0]
         start = time.perf_counter()
         for index, messages in enumerate(requests):
             began = time.perf_counter()
@@ -92,6 +96,7 @@ class LlamaRunner:
             if progress:
                 progress(index + 1)
         result.wall_s = time.perf_counter() - start
+        result.load_average = (load_before, os.getloadavg()[0])
         return result
 
     def _complete(self, messages: Messages, max_tokens: int, reuse_prefix: bool) -> tuple[str, dict]:

@@ -73,7 +73,8 @@ Output rules:
 The examples below show requests from other contributors and the exact answers expected."""
 
 
-_FENCE = re.compile(r"^```[\w+-]*\s*\n?(.*?)\n?```", re.DOTALL)
+# A fenced block anywhere in the reply; a reply cut by the token cap may lack the closing fence.
+_FENCE = re.compile(r"```[\w+-]*[ \t]*\n(.*?)(?:\n?```|$)", re.DOTALL)
 
 
 def _strip_fences(text: str) -> str:
@@ -87,12 +88,12 @@ def _strip_fences(text: str) -> str:
 
 
 def first_command_line(text: str) -> str:
-    """The first non-empty line of a reply, without fences, a `$ ` prompt or a trailing period."""
+    """The first command line of a reply: inside its code fence if it has one, no `$ ` prompt or comment."""
     for line in _strip_fences(text).splitlines():
         line = line.strip()
         if line.startswith("$ "):
             line = line[2:].strip()
-        if line:
+        if line and not line.startswith("# "):  # a comment line above the command
             return line
     return ""
 

@@ -57,6 +57,13 @@ def promptintern_spec(key: str, cfg: InternalizeConfig) -> TrainSpec:
     return TrainSpec(key, tuple(stages), "query")
 
 
+class OverBudget(RuntimeError):
+    """Training would not finish in the time left; nothing was trained."""
+
+
+EXPORT_SECONDS_GUESS = 150.0  # merge + 4-bit GGUF + llama.cpp check of a 135M model on 2 busy cores
+
+
 @dataclass
 class TrainedModel:
     key: str
@@ -75,7 +82,14 @@ class TrainedModel:
 class Trainer:
     """Trains every method of one dataset from the same base weights, retriever and compressed templates."""
 
-    def __init__(self, task: Task, base: BaseModel, train_records: Sequence[Record], work_dir: Path) -> None:
+    def __init__(
+        self,
+        task: Task,
+        base: BaseModel,
+        train_records: Sequence[Record],
+        work_dir: Path,
+        example_pool: Sequence[Record] = (),
+    ) -> None:
         self.task = task
         self.base = base
         self.work_dir = Path(work_dir)
@@ -83,7 +97,9 @@ class Trainer:
         self._shots: dict[int, list[list[Example]]] = {}
         self._retriever: ExampleRetriever | None = None
         self.records = list(train_records)
+        self.example_pool = list(example_pool) or self.records  # where the retrieved examples come from
         self._trained: dict[str, TrainedModel] = {}
+        self.tokens_per_s = 40.0  # a first guess (2 shared cores, 135M, LoRA); updated after each run
 
     def template(self, ratio: float) -> str:
         """The instructions kept at `ratio` by the base model's token surprisal (computed once per ratio)."""
@@ -95,11 +111,11 @@ class Trainer:
         return self._templates[ratio]
 
     def shots(self, records: Sequence[Record], k: int) -> list[list[Example]]:
-        """k nearest training examples for each record (never itself), from the whole training pool."""
+        """k nearest examples of the pool for each record (never the record itself: same input)."""
         if k <= 0:
             return [[] for _ in records]
         if self._retriever is None:
-            self._retriever = ExampleRetriever([Example(r.id, r.query, r.target) for r in self.records])
+            self._retriever = ExampleRetriever([Example(r.id, r.query, r.target) for r in self.example_pool])
         return self._retriever.top_k_batch([r.query for r in records], k)
 
     def train(
@@ -108,6 +124,7 @@ class Trainer:
         cfg: InternalizeConfig,
         n_train: int,
         say: Callable[[str], None] = print,
+        max_seconds: float = float("inf"),
     ) -> TrainedModel:
         # Same stages, requests and hyperparameters -> the same model: reuse it (and its checkpoints on disk).
         identity = (
@@ -133,12 +150,26 @@ class Trainer:
             stage_data.append(sequences)
             skipped.append(n_skipped)
         run_dir = self.work_dir / "runs" / run_name
+        tokens = sum(
+            sum(len(s.input_ids) for s in sequences)
+            * (cfg.final_stage_epochs if last else cfg.epochs_per_stage)
+            for sequences, last in zip(stage_data, [False] * (len(stage_data) - 1) + [True], strict=True)
+        )
+        estimate = tokens / self.tokens_per_s + EXPORT_SECONDS_GUESS
+        if estimate > max_seconds:
+            raise OverBudget(
+                f"~{tokens:.0f} training tokens at {self.tokens_per_s:.0f} tok/s: ~{estimate / 60:.0f} min"
+            )
         model = lora_model(copy.deepcopy(self.base.model), cfg)
         started = time.perf_counter()
         results = train_stages(
             model, stage_data, cfg, run_dir, self.base.tokenizer.pad_token_id, progress=False
         )
         train_seconds = time.perf_counter() - started
+        trained_tokens = sum(r.train_tokens for r in results if not r.resumed)
+        trained_seconds = sum(r.seconds for r in results if not r.resumed)
+        if trained_tokens and trained_seconds:
+            self.tokens_per_s = trained_tokens / trained_seconds
         say(f"  trained {spec.key} on {len(records)} requests in {train_seconds:.0f}s; exporting {cfg.quant}")
         verify = [
             prompt_ids(self.base.tokenizer, query_only_messages({"query": r.query})) for r in records[:2]

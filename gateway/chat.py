@@ -8,6 +8,7 @@ response completes: before the JSON body is sent, and for a stream before its fi
 from __future__ import annotations
 
 import json
+import logging
 import time
 from typing import Any
 
@@ -20,6 +21,8 @@ from gateway.exchange import Exchange, log_exchange, log_unavailable, usage_from
 from gateway.schemas import ChatCompletionRequest
 from gateway.state import Gateway
 from gateway.streaming import stream_response
+
+log = logging.getLogger("promptintern.gateway")
 
 
 async def chat_completions(request: Request, gateway: Gateway) -> Response:
@@ -50,14 +53,18 @@ async def chat_completions(request: Request, gateway: Gateway) -> Response:
         if chat_request.stream:
             return await stream_response(gateway, exchange, send_body, chat_request.include_usage)
         reply = await gateway.upstream.complete(choice.model, send_body, exchange.timing)
+        choices = reply.body.get("choices") or [{}]
+        exchange.response_text = (choices[0].get("message") or {}).get("content")
+        exchange.finish_reason = choices[0].get("finish_reason")
+        exchange.usage = usage_from(reply.body.get("usage"))
     except GatewayError as exc:
         return await _failed(gateway, exchange, exc)
+    except Exception as exc:  # a bug or a malformed upstream answer: still one logged row, never a traceback
+        log.error("request %s failed: %s", exchange.request_id, type(exc).__name__)
+        return await _failed(
+            gateway, exchange, GatewayError(500, "Internal gateway error.", code="internal_error")
+        )
 
-    choices = reply.body.get("choices") or [{}]
-    message = choices[0].get("message") or {}
-    exchange.response_text = message.get("content")
-    exchange.finish_reason = choices[0].get("finish_reason")
-    exchange.usage = usage_from(reply.body.get("usage"))
     if not await log_exchange(gateway, exchange, 200):
         return await _failed(gateway, exchange, log_unavailable(), log_row=False)
     headers = exchange.headers()

@@ -3,6 +3,10 @@
 An `Exchange` is created when a request arrives and collects what the log needs as the request moves along
 (parse -> auth -> backend -> response); `row()` turns it into the `requests` row, with the timing figures:
 latency (end to end), overhead (gateway time, backend waits excluded) and time to first token.
+
+The `x-promptintern-overhead-ms` header is taken when the response starts, so for a JSON answer it includes
+the wait for the log commit, while the row's `overhead_ms` (computed to build the row) does not; for a
+stream the header covers the time up to the first chunk and the row covers the whole stream.
 """
 
 from __future__ import annotations

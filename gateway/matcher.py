@@ -312,27 +312,39 @@ def load_templates(db: Any) -> list[Template]:
     """Templates and their example pools from the `templates`/`examples` tables, oldest first."""
     if "templates" not in db.table_names():
         return []
-    pools: dict[str, list[dict[str, Any]]] = {}
-    for row in db.query(
+    pool_rows = db.query(
         "select te.template_id, e.hash, e.input, e.output, e.raw from template_examples te "
         "join examples e on e.hash = te.example_hash"
-    ):
+    )
+    return templates_from_rows(db.query("select * from templates order by first_seen, id"), pool_rows)
+
+
+def templates_from_rows(
+    template_rows: Iterable[Mapping[str, Any]], pool_rows: Iterable[Mapping[str, Any]]
+) -> list[Template]:
+    """Templates from `templates` rows (id, name, structure) and pool rows (template_id, hash, input, output,
+    raw), in the order given: the order is the matcher's priority."""
+    pools: dict[str, list[Mapping[str, Any]]] = {}
+    for row in pool_rows:
         pools.setdefault(row["template_id"], []).append(row)
     templates = []
-    for row in db.query("select id, name, structure from templates order by first_seen, id"):
+    for row in template_rows:
         try:
             specs = specs_from_structure(json.loads(row["structure"]))
         except (TypeError, ValueError, KeyError):
             continue  # a row this version cannot read never matches anything
         pool = pools.get(row["id"], [])
+        is_turn = [e["raw"].startswith("[user]\n") for e in pool]
         templates.append(
             Template(
                 row["id"],
                 specs,
                 row["name"] or "",
-                inline_pool={e["raw"]: e["hash"] for e in pool if not e["raw"].startswith("[user]\n")},
+                inline_pool={e["raw"]: e["hash"] for e, turn in zip(pool, is_turn, strict=True) if not turn},
                 turn_pool={
-                    (e["input"], e["output"]): e["hash"] for e in pool if e["raw"].startswith("[user]\n")
+                    (e["input"], e["output"]): e["hash"]
+                    for e, turn in zip(pool, is_turn, strict=True)
+                    if turn
                 },
             )
         )

@@ -55,7 +55,9 @@ class GatewayMetrics:
 
     def observe(self, row: dict) -> None:
         """Record one finished request from its log row."""
-        route, model, status = row["route"] or "none", row["model"] or "", str(row["status"])
+        route, status = row["route"] or "none", str(row["status"])
+        # Only served models become labels: client-chosen names (404s) would grow the series without bound.
+        model = (row["model"] or "") if row.get("model_served") else "-"
         self.requests.labels(route, model, status).inc()
         if row["status"] >= 400:
             self.errors.labels(route, model, status, row.get("error_code") or "").inc()

@@ -55,8 +55,17 @@ class StreamRelay:
         self.pieces: list[str] = []
         self.closing: list[Chunk] = []
         self.envelope: dict[str, Any] = {}  # id/created/model of the stream, for a usage chunk we add
+        self.logged = False  # the row has been handed to the writer
 
     async def run(self, first: Chunk, rest: AsyncIterator[Chunk]) -> AsyncIterator[bytes]:
+        try:
+            async for out in self._relay(first, rest):
+                yield out
+        finally:
+            if not self.logged:  # the client went away (cancellation) before the row was written
+                self._client_gone(rest)
+
+    async def _relay(self, first: Chunk, rest: AsyncIterator[Chunk]) -> AsyncIterator[bytes]:
         exchange = self.exchange
         error: GatewayError | None = None
         chunk: Chunk | None = first
@@ -77,15 +86,14 @@ class StreamRelay:
         except Exception as exc:
             assert exchange.backend is not None
             error = self.gateway.upstream.map_error(exchange.backend, exc)
-        except BaseException:
-            self._client_gone(rest)
-            raise
         exchange.response_text = "".join(self.pieces)
         if error is not None:
+            self.logged = True  # log_exchange queues the row before its first suspension
             await log_exchange(self.gateway, exchange, error.status, error)
             yield sse(error.body())  # the openai client raises this as an APIError
             return
         await self._count_local_tokens()
+        self.logged = True
         if not await log_exchange(self.gateway, exchange, 200):
             yield sse(log_unavailable().body())
             return

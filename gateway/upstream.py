@@ -1,26 +1,36 @@
-"""Calling a backend: litellm (any provider) or a lean direct pass-through (OpenAI-compatible servers).
+"""Calling a backend: litellm (any provider) or the lean direct pass-through (gateway/direct.py).
 
-Both transports take the client's request dict and give back OpenAI-shaped dicts, and both turn every failure
-into an `UpstreamError` with the status the client should see (scrubbed of secrets). `Upstream` adds the retry
-policy: exponential backoff on connection errors, 5xx and 429 only, never after a stream has started.
-Time spent waiting on the backend is added to a `Timing`, so the gateway can report its own overhead.
+Both transports take the client's request dict and give back OpenAI-shaped dicts, and both turn every
+failure into an `UpstreamError` with the status the client should see (scrubbed of secrets). `Upstream`
+picks the transport per model (`UpstreamModel.transport`) and adds the retry policy: exponential backoff on
+connection errors, 5xx and 429 only, never after a stream has started. Time spent waiting on the backend is
+added to a `Timing`, so the gateway can report its own overhead.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import httpx
 
-from gateway.errors import GatewayError, scrub
+from gateway.direct import DirectTransport
 from gateway.pricing import import_litellm
 from gateway.settings import Settings, UpstreamModel
+from gateway.upstream_errors import (
+    Chunk,
+    Reply,
+    Timing,
+    UpstreamError,
+    error_for_status,
+    timed_out,
+    unreachable,
+)
+
+__all__ = ["Chunk", "Reply", "Timing", "Upstream", "UpstreamError"]
 
 T = TypeVar("T")
 
@@ -33,170 +43,6 @@ LITELLM_PARAMS = frozenset(
     "user functions function_call modalities audio prediction reasoning_effort service_tier store "
     "web_search_options verbosity prompt_cache_key safety_identifier".split()
 )
-
-
-@dataclass
-class Timing:
-    """Seconds spent waiting on the backend (calls, retries and their backoff), for the overhead figure."""
-
-    backend_s: float = 0.0
-
-
-class UpstreamError(GatewayError):
-    def __init__(self, status: int, message: str, *, code: str, retryable: bool) -> None:
-        super().__init__(status, message, code=code)
-        self.retryable = retryable
-
-
-@dataclass
-class Reply:
-    """A non-streamed completion: the dict, plus the exact bytes to return when the transport has them."""
-
-    body: dict[str, Any]
-    raw: bytes | None = None
-
-
-@dataclass
-class Chunk:
-    """One streamed chunk: the dict, plus its exact `data: ...` SSE bytes when the transport has them."""
-
-    body: dict[str, Any]
-    raw: bytes | None = None
-
-
-def error_for_status(status: int, detail: str, secrets: list[str]) -> UpstreamError:
-    """The client-facing error for an upstream HTTP failure."""
-    detail = scrub(detail, secrets)[:500]
-    if status == 429:
-        return UpstreamError(
-            429, f"Upstream rate limit: {detail}", code="upstream_rate_limited", retryable=True
-        )
-    if status >= 500:
-        return UpstreamError(
-            502, f"Upstream error (HTTP {status}): {detail}", code="upstream_error", retryable=True
-        )
-    if status in (401, 403):
-        # The client's gateway key was fine; the gateway's provider credentials were not.
-        message = f"The upstream rejected the gateway's provider credentials (HTTP {status})."
-        return UpstreamError(502, message, code="upstream_auth_failed", retryable=False)
-    if status in (400, 413, 422):  # the request itself is wrong (context too long, bad parameter...)
-        return UpstreamError(
-            status, f"Upstream rejected the request: {detail}", code="upstream_bad_request", retryable=False
-        )
-    return UpstreamError(
-        502, f"Upstream error (HTTP {status}): {detail}", code="upstream_error", retryable=False
-    )
-
-
-def unreachable(secrets: list[str], detail: str = "") -> UpstreamError:
-    message = "Upstream unreachable (connection failed)" + (
-        f": {scrub(detail, secrets)[:200]}" if detail else "."
-    )
-    return UpstreamError(502, message, code="upstream_unreachable", retryable=True)
-
-
-def timed_out(timeout_s: float) -> UpstreamError:
-    return UpstreamError(
-        504, f"Upstream timed out after {timeout_s:g} s.", code="upstream_timeout", retryable=False
-    )
-
-
-def served_model_name(model: UpstreamModel) -> str:
-    """The model id an OpenAI-compatible server expects: the litellm string without its provider prefix."""
-    return model.litellm_model.split("/", 1)[1] if "/" in model.litellm_model else model.litellm_model
-
-
-class DirectTransport:
-    """One pooled httpx client; the request dict is forwarded as is, with only `model` rewritten."""
-
-    def __init__(self, settings: Settings, secrets: list[str]) -> None:
-        self.timeout_s = settings.upstream_timeout_s
-        self.secrets = secrets
-        limits = httpx.Limits(max_connections=512, max_keepalive_connections=128)
-        self.client = httpx.AsyncClient(timeout=httpx.Timeout(self.timeout_s), limits=limits)
-
-    async def aclose(self) -> None:
-        await self.client.aclose()
-
-    def _request(self, model: UpstreamModel, body: dict[str, Any]) -> httpx.Request:
-        base = (model.api_base or "https://api.openai.com/v1").rstrip("/")
-        headers = {"content-type": "application/json"}
-        if model.api_key is not None:
-            headers["authorization"] = f"Bearer {model.api_key.get_secret_value()}"
-        payload = {**body, "model": served_model_name(model)}
-        return self.client.build_request(
-            "POST", f"{base}/chat/completions", content=json.dumps(payload), headers=headers
-        )
-
-    async def complete(self, model: UpstreamModel, body: dict[str, Any], timing: Timing) -> Reply:
-        started = time.perf_counter()
-        try:
-            response = await self.client.send(self._request(model, body))
-        except Exception as exc:
-            raise self.map_error(exc) from None
-        finally:
-            timing.backend_s += time.perf_counter() - started
-        if response.status_code >= 400:
-            raise error_for_status(response.status_code, _error_detail(response.content), self.secrets)
-        try:
-            return Reply(json.loads(response.content), response.content)
-        except ValueError:
-            raise UpstreamError(
-                502,
-                "Upstream sent a response that is not JSON.",
-                code="upstream_bad_response",
-                retryable=False,
-            ) from None
-
-    async def stream(self, model: UpstreamModel, body: dict[str, Any]) -> AsyncIterator[Chunk]:
-        try:
-            response = await self.client.send(self._request(model, body), stream=True)
-        except Exception as exc:
-            raise self.map_error(exc) from None
-        try:
-            if response.status_code >= 400:
-                await response.aread()
-                raise error_for_status(response.status_code, _error_detail(response.content), self.secrets)
-            async for line in response.aiter_lines():
-                if not line.startswith("data:"):
-                    continue  # blank separators, comments, `event:` lines
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    return
-                try:
-                    payload = json.loads(data)
-                except ValueError:
-                    raise UpstreamError(
-                        502,
-                        "Upstream sent a stream chunk that is not JSON.",
-                        code="upstream_bad_response",
-                        retryable=False,
-                    ) from None
-                yield Chunk(payload, f"data: {data}\n\n".encode())
-        except UpstreamError:
-            raise
-        except Exception as exc:
-            raise self.map_error(exc) from None
-        finally:
-            await response.aclose()
-
-    def map_error(self, exc: BaseException) -> UpstreamError:
-        if isinstance(exc, UpstreamError):
-            return exc
-        if isinstance(exc, httpx.TimeoutException):
-            return timed_out(self.timeout_s)
-        if isinstance(exc, httpx.ConnectError):
-            return unreachable(self.secrets)
-        if isinstance(exc, httpx.TransportError):
-            return UpstreamError(
-                502,
-                f"Upstream connection broke: {type(exc).__name__}.",
-                code="upstream_error",
-                retryable=True,
-            )
-        return UpstreamError(
-            502, f"Upstream call failed: {type(exc).__name__}.", code="upstream_error", retryable=False
-        )
 
 
 class LiteLLMTransport:
@@ -340,16 +186,6 @@ def _clean(payload: dict[str, Any]) -> dict[str, Any]:
             if isinstance(choice.get(key), dict):
                 choice[key].pop("provider_specific_fields", None)
     return payload
-
-
-def _error_detail(content: bytes) -> str:
-    try:
-        error = json.loads(content).get("error")
-        if isinstance(error, dict):
-            return str(error.get("message") or error)
-        return str(error)
-    except Exception:
-        return content[:300].decode(errors="replace")
 
 
 def _litellm_detail(exc: BaseException) -> str:

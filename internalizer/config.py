@@ -64,7 +64,7 @@ class InternalizeConfig:
     gate_metric: str = "chrf"  # exact | chrf | a task metric name
     gate_threshold: float = 0.5
     task_metric: str | None = None  # e.g. "bash": command-template match
-    eval_base_reference: bool = True  # also score the base model with the full prompt
+    eval_base_reference: bool = True  # also score the base model with the full logged prompt (slower)
     activate: bool = True  # activate when the gate passes
 
     def __post_init__(self) -> None:

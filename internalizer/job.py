@@ -122,13 +122,14 @@ def evaluate_model(
             generate_answers(gguf_path, query_only, cfg.max_new_tokens), references, cfg.task_metric
         )
     }
-    if cfg.eval_base_reference and base.gguf_path is not None:
-        full = [r.messages for r in data.eval if r.messages]
-        if len(full) == len(data.eval):
-            answers = generate_answers(base.gguf_path, full, cfg.max_new_tokens)
-            scores["base_full_prompt"] = score(answers, references, cfg.task_metric)
-        answers = generate_answers(base.gguf_path, query_only, cfg.max_new_tokens)
-        scores["base_query_only"] = score(answers, references, cfg.task_metric)
+    if base.gguf_path is None:
+        return scores  # the references run in llama.cpp, which needs the base as a GGUF
+    answers = generate_answers(base.gguf_path, query_only, cfg.max_new_tokens)
+    scores["base_query_only"] = score(answers, references, cfg.task_metric)
+    full = [r.messages for r in data.eval if r.messages]
+    if cfg.eval_base_reference and len(full) == len(data.eval):
+        answers = generate_answers(base.gguf_path, full, cfg.max_new_tokens)
+        scores["base_full_prompt"] = score(answers, references, cfg.task_metric)
     return scores
 
 

@@ -9,9 +9,11 @@ in every request is static. Slots get names; the main one is "query".
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from gateway.matcher import (
@@ -73,7 +75,7 @@ def align_group(
     examples: dict[str, ExampleInfo] = {}
     turn_uses: Counter[str] = Counter()
     specs: list[MessageSpec] = []
-    slot_values: dict[str, list[str]] = {}  # provisional slot name -> values, for naming
+    slot_numbers = itertools.count()  # provisional slot names, until _name_slots names them
     inline_pool: dict[str, str] = {}
     turn_pool: dict[tuple[str, str], str] = {}
     for position, role in enumerate(skeleton):
@@ -106,7 +108,7 @@ def align_group(
                 found = MARKER.match(first_line)
                 block_start = first_line[: found.end()] if found else ""
             else:
-                parts += _align_values([r[index][1] for r in runs], slot_values)  # type: ignore[misc]
+                parts += _align_values([r[index][1] for r in runs], slot_numbers)  # type: ignore[misc]
         if block_start:  # a slot must not swallow an example block the pool does not know
             parts = [
                 Slot(p.name, p.multiline, ("\n" + block_start,)) if isinstance(p, Slot) and p.multiline else p
@@ -120,7 +122,7 @@ def align_group(
     return MinedTemplate(template, examples)
 
 
-def _align_values(values: list[str], slot_values: dict[str, list[str]]) -> list[Part]:
+def _align_values(values: list[str], slot_numbers: Iterator[int]) -> list[Part]:
     """Static prefix, slot, static suffix of one variable run (only static if it never varies)."""
     if all(v == values[0] for v in values):
         return [values[0]]
@@ -133,12 +135,10 @@ def _align_values(values: list[str], slot_values: dict[str, list[str]]) -> list[
     label = _inner_label(cores)
     if label is not None:  # `{context}\nQuestion: {query}`: two slots around a label every value has once
         cuts = [c.index(label) for c in cores]
-        left = _align_values([c[:cut] for c, cut in zip(cores, cuts, strict=True)], slot_values)
+        left = _align_values([c[:cut] for c, cut in zip(cores, cuts, strict=True)], slot_numbers)
         right = [c[cut + len(label) :] for c, cut in zip(cores, cuts, strict=True)]
-        return [prefix, *left, label, *_align_values(right, slot_values), suffix]
-    slot = Slot(f"slot#{len(slot_values)}", multiline=any("\n" in c for c in cores))
-    slot_values[slot.name] = cores
-    return [prefix, slot, suffix]
+        return [prefix, *left, label, *_align_values(right, slot_numbers), suffix]
+    return [prefix, Slot(f"slot#{next(slot_numbers)}", multiline=any("\n" in c for c in cores)), suffix]
 
 
 def _inner_label(values: list[str]) -> str | None:

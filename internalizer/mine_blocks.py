@@ -75,17 +75,19 @@ def find_example_region(text: str) -> ExampleRegion | None:
 
 def _region_for(lines: list[str], marks: list[str | None], start_marker: str) -> ExampleRegion | None:
     starts = [i for i, m in enumerate(marks) if m == start_marker]
-    pattern = _pattern(marks[starts[0] : starts[1]])
+    first_blank = next((i for i in range(starts[0], starts[1]) if marks[i] == ""), starts[1])
+    pattern = _pattern(marks[starts[0] : first_blank])
     if len(pattern) < 2:
         return None  # a block needs an input marker and an answer marker
-    spans: list[tuple[int, int]] = []  # [first line, last non-blank line + 1)
+    spans: list[tuple[int, int]] = []  # [first line, last line + 1), blank lines excluded
     for n, begin in enumerate(starts):
-        stop = starts[n + 1] if n + 1 < len(starts) else _block_end(lines, marks, begin, pattern)
-        if stop is None or _pattern(marks[begin:stop]) != pattern:
+        stop = _block_end(lines, marks, begin, pattern)
+        if stop is None:
             break
-        while stop > begin and marks[stop - 1] == "":
-            stop -= 1  # blank lines between blocks are separators, not part of a block
         spans.append((begin, stop))
+        following = starts[n + 1] if n + 1 < len(starts) else begin
+        if any(m != "" for m in marks[stop:following]):
+            break  # static text after this block ends the region
     offsets = [0]
     for line in lines:
         offsets.append(offsets[-1] + len(line))

@@ -202,3 +202,12 @@ def test_from_db_matches_what_mining_assigned(tmp_path):
         assert (found.template_id, found.query) == (row["template_id"], row["query"])
         assert found.example_hashes == json.loads(row["example_hashes"])
     db.close()
+
+
+def test_text_content_parts_read_like_a_plain_string(matcher):
+    parts = [{"type": "text", "text": "count lines "}, {"type": "text", "text": "in a.txt"}]
+    found = matcher.match(
+        {"messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": parts}]}
+    )
+    assert found.query == "count lines in a.txt"
+    assert matcher.match({"messages": "not a list"}) is None and matcher.match({}) is None

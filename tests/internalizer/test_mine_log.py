@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 
 import pytest
@@ -46,6 +47,18 @@ def test_empty_log_and_log_without_recurring_prompt(db):
     result = mine(db)
     assert result.n_requests == 30 and result.templates == [] and result.n_assigned == 0
     assert db.execute("select count(*) from templates").fetchone()[0] == 0
+
+
+def test_requests_with_tools_stay_unclustered(db):
+    pairs = nl2bash(16, seed=25)
+    tool = {"type": "function", "function": {"name": "run", "parameters": {"type": "object"}}}
+    with_tools = add_requests(db, [sys_user(SHELL, p["nl"]) for p in pairs[:8]])
+    for request_id in with_tools:  # the same prompt, but the model may call a tool: not a text template
+        db["requests"].update(request_id, {"params": json.dumps({"tools": [tool]})})
+    ids = add_requests(db, [sys_user(SHELL, p["nl"]) for p in pairs[8:]], start=8)
+    result = mine(db)
+    assert result.n_requests == 16 and result.n_matchable == 8
+    assert set(assigned(db)) == set(ids)
 
 
 def test_min_support_keeps_rare_prompts_unclustered(db):

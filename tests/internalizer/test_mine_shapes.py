@@ -56,6 +56,20 @@ def test_instructions_and_query_in_one_user_message(db, where):
     assert [rows[i]["query"] for i in ids] == [p["nl"] for p in pairs]
 
 
+def test_query_before_the_instructions(db):
+    pairs = nl2bash(10, seed=12)
+    after = "\n\nTranslate the request above into one bash command.\nNo explanation."
+    ids = add_requests(db, [user(p["nl"].rstrip(".") + after) for p in pairs])
+    mine(db)
+    [row] = templates(db)
+    assert row["static_text"] == "[user]\n{{query}}" + after
+    rows = assigned(db)
+    assert [rows[i]["query"] for i in ids] == [p["nl"].rstrip(".") for p in pairs]
+    matcher = Matcher.from_db(db)
+    assert matcher.match({"messages": user("list files" + after)}).query == "list files"
+    assert matcher.match({"messages": user("list files" + after + " Please.")}) is None
+
+
 @pytest.mark.parametrize("where", ["end", "middle"])
 def test_instructions_and_query_sharing_one_line(db, where):
     pairs = nl2bash(10, seed=9)

@@ -51,6 +51,7 @@ def plot_methods(data: dict[str, Any], path: Path) -> Path | None:
         ax.bar(range(len(keys)), values, color=colors)
         ax.set_xticks(range(len(keys)), labels, fontsize=8)
         ax.set_title(name)
+        ax.set_ylim(0, max([*values, 1.0]) * 1.15)
         for x, value in enumerate(values):
             ax.annotate(
                 f"{value:.0f}" if value >= 10 else f"{value:.1f}",

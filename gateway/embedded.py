@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
+import signal
 import subprocess
 import sys
 import time
@@ -26,6 +28,13 @@ from gateway.fake_upstream import bind_free_socket
 from gateway.settings import Settings, UpstreamModel
 
 log = logging.getLogger("promptintern.gateway")
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux to SIGTERM it when the gateway dies, even by kill -9."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
 def free_port() -> int:
@@ -90,7 +99,11 @@ class EmbeddedServer:
     async def _launch(self) -> None:
         for attempt in range(3):
             self.process = subprocess.Popen(
-                self.command(), stdout=self._log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+                self.command(),
+                stdout=self._log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent,
             )
             if await self._wait_healthy():
                 self.healthy = True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -17,7 +18,7 @@ from benchmarks.paper_metrics import (
     tldr_scores,
     tldr_template,
 )
-from benchmarks.paper_results import render_markdown
+from benchmarks.paper_results import Results, render_markdown
 from benchmarks.paper_tasks import TASKS, first_command_line, python_snippet
 
 
@@ -180,7 +181,9 @@ def test_llama_runner_measures_real_requests():
     runner = LlamaRunner(smollm2_gguf_path(), n_ctx=2048, n_threads=2)
     try:
         full = runner.measure([full_messages(task, shots, r.query) for r in dev], max_tokens=4, warmup=0)
-        cached = runner.measure([full_messages(task, shots, r.query) for r in dev], 4, reuse_prefix=True, warmup=0)
+        cached = runner.measure(
+            [full_messages(task, shots, r.query) for r in dev], 4, reuse_prefix=True, warmup=0
+        )
         short = runner.measure([query_messages(r.query) for r in dev], max_tokens=4, warmup=0)
     finally:
         runner.close()
@@ -190,3 +193,59 @@ def test_llama_runner_measures_real_requests():
     assert all(0 < n <= 4 for n in full.completion_tokens)
     summary = short.summary()
     assert summary["requests"] == 2 and summary["latency_p95_ms"] >= summary["latency_p50_ms"] > 0
+
+
+def _entry(metric: float, tokens: float, p50: float, rps: float, cost: float) -> dict:
+    perf = {
+        "mean_input_tokens": tokens,
+        "mean_output_tokens": 10.0,
+        "latency_p50_ms": p50,
+        "latency_p95_ms": p50,
+    }
+    return {
+        "metrics": {"template_match": metric},
+        "perf": perf | {"throughput_rps": rps},
+        "cost_per_1k_local": cost,
+    }
+
+
+def test_results_file_targets_and_plots(tmp_path):
+
+    from benchmarks.paper_plots import write_plots
+    from benchmarks.promptintern_table import _add_upstream, _check_targets
+
+    results = Results(tmp_path, "nl2bash", {"config": "cpu", "metric_names": ["template_match"]})
+    results.data["primary_metric"] = "template_match"
+    results.add_method("base_full", _entry(10.0, 650.0, 2000.0, 0.5, 0.05))
+    assert json.loads((tmp_path / "nl2bash.json").read_text())["partial"] is True  # written at once
+    results.add_method("base_full_cached", _entry(11.0, 690.0, 300.0, 3.0, 0.01))
+    results.add_method("base_compressed_50", _entry(2.0, 330.0, 1000.0, 1.0, 0.03))
+    results.add_method("ft_full", _entry(30.0, 650.0, 2000.0, 0.5, 0.05))
+    results.add_method("promptintern", _entry(29.5, 45.0, 250.0, 4.0, 0.007))
+    prices = PriceModel(
+        "m", input_per_token=1e-7, output_per_token=4e-7, cache_read_per_token=5e-8, local_per_hour=0.1
+    )
+    _add_upstream(results, prices, {"retrieved": 440, "fixed": 660})
+    # Fixed prefix cached: 30 uncached + 660 cached tokens + 10 output tokens per request.
+    assert results.data["upstream"]["full_fixed_cached"]["cost_per_1k"] == pytest.approx(
+        1000 * (30 * 1e-7 + 660 * 5e-8 + 10 * 4e-7)
+    )
+    _check_targets(results, TASKS["nl2bash"])
+    met = {name.split(" ")[0] + name.split(" ")[1]: t["met"] for name, t in results.data["targets"].items()}
+    assert met == {
+        "accuracywithin": True,
+        "farabove": True,
+        ">=90%": True,
+        ">=5x": False,
+        "noslower": True,
+        ">=80%": True,
+    }
+    results.save(final=True)
+    saved = json.loads((tmp_path / "nl2bash.json").read_text())
+    assert (
+        saved["partial"] is False
+        and "MISSED: >= 5x lower p50 latency" in (tmp_path / "nl2bash.md").read_text()
+    )
+    written = write_plots(saved, tmp_path)
+    assert [p.name for p in written] == ["nl2bash_methods.png"]  # no ablation ran: no ablation plot
+    assert written[0].stat().st_size > 10_000

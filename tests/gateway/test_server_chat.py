@@ -154,7 +154,9 @@ def test_provider_key_never_reaches_the_log(gateway):
 def test_a_client_cannot_redirect_the_provider_call(gateway, fake_upstream):
     closed = "http://127.0.0.1:9/v1"
     completion = gateway.client().chat.completions.create(
-        model="echo-litellm", messages=MESSAGES, extra_body={"api_base": closed, "api_key": "sk-client-supplied"}
+        model="echo-litellm",
+        messages=MESSAGES,
+        extra_body={"api_base": closed, "api_key": "sk-client-supplied"},
     )
     assert completion.choices[0].message.content == "echo: list the files in this folder"
     forwarded = fake_upstream.received[-1]  # the call still reached the configured upstream...

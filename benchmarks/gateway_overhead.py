@@ -4,7 +4,7 @@ Every target sits in front of the same fixed-latency OpenAI-compatible server (g
 own process, 50 ms by default) on loopback, and all are measured in the same run with the same requests:
 
   direct           the fake upstream itself (the floor)
-  gateway-direct   `promptintern serve`, logging on, model with transport "direct" (httpx pass-through)
+  gateway-direct   `promptintern serve`, logging on, model with transport "direct" (pooled HTTP pass-through)
   gateway-litellm  the same gateway process, model with transport "litellm" (litellm.acompletion)
   litellm-proxy    `litellm --config cfg.yaml` (LiteLLM proxy, 1 worker, default settings, master key)
 
@@ -15,8 +15,8 @@ flight for a fixed time. On a machine with 2+ cores the server under test is pin
 the client and the fake upstream share the others, so the two do not steal each other's CPU.
 
 Writes benchmarks/results/gateway_overhead.{json,md,png} and prints the command that made them.
-  .venv/bin/python benchmarks/gateway_overhead.py            # full run, ~5 minutes
-  .venv/bin/python benchmarks/gateway_overhead.py --quick    # smoke run, ~1 minute
+  .venv/bin/python benchmarks/gateway_overhead.py            # full run, ~7 minutes on 2 cores
+  .venv/bin/python benchmarks/gateway_overhead.py --quick    # smoke run, ~3 minutes
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.gateway_overhead_report import MODES, write_markdown, write_plot  # noqa: E402
-from gateway.fake_upstream import bind_free_socket  # noqa: E402
+from gateway.fake_upstream import FakeUpstreamProcess, bind_free_socket  # noqa: E402
 from gateway.nl2bash_app import build_requests  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -69,26 +69,6 @@ def free_port() -> int:
     port = sock.getsockname()[1]
     sock.close()
     return port
-
-
-def start_fake_upstream(latency_ms: float) -> tuple[subprocess.Popen, str]:
-    """gateway.fake_upstream in its own process, on uvloop like the servers under test.
-
-    On the default asyncio loop, uvicorn's h11 server stalls ~40 ms on every keep-alive request on this
-    kernel (measured: 44 ms for a 0 ms fake), which would bury the overheads this script measures.
-    """
-    code = (
-        "import asyncio, sys, uvloop; asyncio.set_event_loop_policy(uvloop.EventLoopPolicy());"
-        "from gateway.fake_upstream import main; main(sys.argv[1:])"
-    )
-    command = [sys.executable, "-c", code, "--latency-ms", str(latency_ms)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=ROOT)
-    assert process.stdout is not None
-    url = process.stdout.readline().strip()
-    if not url.startswith("http://"):
-        stop(process)
-        raise RuntimeError(f"fake upstream did not start: {url!r}")
-    return process, url
 
 
 def wait_http(url: str, process: subprocess.Popen | None, timeout_s: float) -> None:
@@ -394,7 +374,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="gw-overhead-") as tmp:
         work = Path(tmp)
         targets: list[Target] = []
-        fake, fake_url = start_fake_upstream(args.latency_ms)
+        fake = FakeUpstreamProcess(args.latency_ms)  # its own process, on uvloop like the servers under test
+        fake_url = fake.url
         try:
             targets.append(Target("direct", fake_url, "fake"))
             print("starting the gateway...", file=sys.stderr, flush=True)
@@ -409,7 +390,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         finally:
             for target in targets:
                 stop(target.process)
-            stop(fake)
+            fake.stop()
         completed = COMPLETED.get("gateway-direct", 0) + COMPLETED.get("gateway-litellm", 0)
         report["gateway_log"] = {"rows": logged_rows(work), "responses_completed": completed}
     report["machine"]["load_average_at_end"] = os.getloadavg()[0]

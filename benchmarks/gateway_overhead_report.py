@@ -12,7 +12,9 @@ MODES = ("json", "stream")
 
 def write_markdown(report: dict[str, Any], path: Path) -> None:
     concurrency = report["config"]["concurrency"]
-    head = "| target | mode | p50 ms | p99 ms | added p50 ms | added p99 ms | TTFT p50 ms | "
+    head = (
+        "| target | mode | p50 ms | p99 ms | added p50 ms | added p99 ms | TTFT p50 ms | self-reported ms | "
+    )
     head += " | ".join(f"req/s @{c}" for c in concurrency) + " | errors |"
     lines = [
         f"# Gateway overhead ({report['config']['latency_ms']:g} ms fake upstream, "
@@ -28,7 +30,7 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         f"{report['config']['duration_s']:g} s per concurrency level.",
         "",
         head,
-        "|" + "---|" * (8 + len(concurrency)),
+        "|" + "---|" * (9 + len(concurrency)),
     ]
     for name, modes in report["results"].items():
         for mode, entry in modes.items():
@@ -44,19 +46,49 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
                 _num(entry.get("added_p50_ms")),
                 _num(entry.get("added_p99_ms")),
                 _num(seq.get("ttft_p50_ms")),
+                _num(seq.get("overhead_header_p50_ms")),
                 *rates,
                 f"{errors}{crashed}",
             ]
             lines.append("| " + " | ".join(cells) + " |")
     log = report["gateway_log"]
+    durable = (
+        "every completed response has its row"
+        if log["rows"] >= log["responses_completed"]
+        else "ROWS MISSING"
+    )
     lines += [
         "",
-        f"Gateway request log: {log['rows']} rows for {log['responses_completed']} completed responses "
-        "(every completed response has its row).",
+        "added = p50 (p99) of the target minus that of `direct`, measured in the same rounds (targets take"
+        " turns, one request each, same body). self-reported = the gateway's `x-promptintern-overhead-ms`"
+        " header p50 (time in the gateway's own code; for a stream, up to its first byte). req/s = completed"
+        " responses per second with that many requests in flight.",
+        "",
+        *verdicts(report),
+        "",
+        f"Gateway request log: {log['rows']} rows for {log['responses_completed']} completed responses"
+        f" ({durable}).",
     ]
     if report.get("litellm_proxy_error"):
         lines.append(f"LiteLLM proxy: {report['litellm_proxy_error']}")
     path.write_text("\n".join(lines) + "\n")
+
+
+def verdicts(report: dict[str, Any]) -> list[str]:
+    """One line per mode: the gateway's added p50 against the 2 ms target and against the LiteLLM proxy."""
+    lines = []
+    results = report["results"]
+    for mode in MODES:
+        ours = results.get("gateway-direct", {}).get(mode, {}).get("added_p50_ms")
+        if ours is None:
+            continue
+        proxy = results.get("litellm-proxy", {}).get(mode, {}).get("added_p50_ms")
+        target = "meets" if ours < 2.0 else "misses"
+        versus = f"; LiteLLM proxy adds {proxy:.2f} ms" if proxy is not None else ""
+        lines.append(
+            f"- {mode}: gateway (direct transport) adds {ours:.2f} ms p50 ({target} the 2 ms target){versus}."
+        )
+    return lines
 
 
 def _num(value: float | None, digits: int = 2) -> str:

@@ -94,7 +94,6 @@ class Trainer:
         self.base = base
         self.work_dir = Path(work_dir)
         self._templates: dict[float, str] = {}
-        self._shots: dict[int, list[list[Example]]] = {}
         self._retriever: ExampleRetriever | None = None
         self.records = list(train_records)
         self.example_pool = list(example_pool) or self.records  # where the retrieved examples come from

@@ -47,7 +47,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from benchmarks import paper_prompts as prompts  # noqa: E402
 from benchmarks.paper_cost import load_price_model  # noqa: E402
 from benchmarks.paper_llama import LlamaRunner, Measurement, cpu_threads  # noqa: E402
-from benchmarks.paper_results import Results  # noqa: E402
+from benchmarks.paper_results import Results, add_upstream_costs, check_targets  # noqa: E402
 from benchmarks.paper_tasks import TASKS, Record, Task  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -213,7 +213,7 @@ def run_dataset(
         entry = measured_entry(task, dev, runner.measure(messages, rc.max_tokens), cost)
         entry["compression_ms_per_request"] = 1000 * seconds / max(len(dev), 1)
         results.add_method(f"base_compressed_{int(ratio * 100)}", entry)
-    _add_upstream(results, prices, static_tokens)
+    add_upstream_costs(results, prices, static_tokens)
     runner.close()
 
     # 2. Trained methods (cheapest first), each exported to a Q4_1 GGUF and served by llama.cpp.
@@ -243,7 +243,7 @@ def run_dataset(
         entry = measured_entry(task, dev, runner.measure(requests, rc.max_tokens), cost)
         runner.close()
         results.add_method(spec.key, entry | {"training": model.to_dict()})
-    _check_targets(results, task)
+    check_targets(results, task.primary_metric)
 
     # 3. Ablations: PromptIntern variants, query-only on a dev subset; the main runs are reused where equal.
     try:
@@ -252,7 +252,7 @@ def run_dataset(
         )
     except Exception as exc:  # the main table is already written; record why the ablations stopped
         results.skip("ablations", f"{type(exc).__name__}: {exc}")
-    _check_targets(results, task)
+    check_targets(results, task.primary_metric)
     results.save(final=True)
     return results
 
@@ -284,34 +284,6 @@ def _compress_contexts(task: Task, base, dev_shots, ratios) -> dict[float, tuple
             texts.append(compress._tidy(kept))  # noqa: SLF001 (the same tidying compress_text applies)
             out[ratio] = (texts, seconds + scoring_s + time.perf_counter() - started)
     return out
-
-
-def _add_upstream(results: Results, prices, static_tokens: dict[str, int]) -> None:
-    """What the same traffic costs at the upstream API, with and without provider prompt caching."""
-    methods = results.methods
-    rows = {}
-    for key, traffic, cached in (
-        ("full_retrieved_nocache", "base_full", 0),
-        ("full_retrieved_cached", "base_full", static_tokens["retrieved"]),
-        ("full_fixed_cached", "base_full_cached", static_tokens["fixed"]),
-    ):
-        perf = methods[traffic]["perf"]
-        label = {
-            "full_retrieved_nocache": "full prompt, retrieved examples, no caching",
-            "full_retrieved_cached": "full prompt, retrieved examples, instructions cached",
-            "full_fixed_cached": "full prompt, fixed examples, whole prefix cached",
-        }[key]
-        rows[key] = {
-            "label": f"{prices.upstream_model}: {label}",
-            "input_tokens": perf["mean_input_tokens"],
-            "output_tokens": perf["mean_output_tokens"],
-            "cached_tokens": float(cached),
-            "cost_per_1k": prices.upstream_per_1k(
-                perf["mean_input_tokens"], perf["mean_output_tokens"], cached
-            ),
-        }
-    results.data["upstream"] = rows
-    results.save()
 
 
 def _run_ablations(results, task, rc, train_cfg, trainer, dev, budget, n_ctx, threads) -> None:
@@ -355,56 +327,6 @@ def _run_ablations(results, task, rc, train_cfg, trainer, dev, budget, n_ctx, th
             "stages": [(s["template_ratio"], s["n_examples"]) for s in model.stages],
         }
         results.add_ablation(kind, entry)
-
-
-def _check_targets(results: Results, task: Task) -> None:
-    m = results.methods
-    metric = task.primary_metric
-    targets = {}
-    if "promptintern" in m and "ft_full" in m:
-        gap = m["ft_full"]["metrics"][metric] - m["promptintern"]["metrics"][metric]
-        ours, reference = m["promptintern"]["metrics"][metric], m["ft_full"]["metrics"][metric]
-        targets["accuracy within 1 point of full-prompt fine-tuning"] = {
-            "met": gap <= 1.0,
-            "detail": f"{metric} {ours:.1f} vs {reference:.1f}",
-        }
-    if "promptintern" in m and "base_compressed_50" in m:
-        best = max(m[k]["metrics"][metric] for k in ("base_compressed_50", "base_compressed_25") if k in m)
-        targets["far above the compressed-prompt baselines"] = {
-            "met": m["promptintern"]["metrics"][metric] > best,
-            "detail": f"{metric} {m['promptintern']['metrics'][metric]:.1f} vs best compressed {best:.1f}",
-        }
-    if "promptintern" in m and "base_full" in m:
-        pi, full = m["promptintern"]["perf"], m["base_full"]["perf"]
-        saved = 1 - pi["mean_input_tokens"] / full["mean_input_tokens"]
-        targets[">= 90% fewer input tokens than the full prompt"] = {
-            "met": saved >= 0.9,
-            "detail": f"{pi['mean_input_tokens']:.0f} vs {full['mean_input_tokens']:.0f} "
-            f"({100 * saved:.1f}% fewer)",
-        }
-        speedup = full["latency_p50_ms"] / pi["latency_p50_ms"]
-        targets[">= 5x lower p50 latency than the full prompt (retrieved examples)"] = {
-            "met": speedup >= 5,
-            "detail": f"p50 {pi['latency_p50_ms']:.0f} ms vs {full['latency_p50_ms']:.0f} ms "
-            f"({speedup:.1f}x)",
-        }
-    if "promptintern" in m and "base_full_cached" in m:
-        pi, cached = m["promptintern"]["perf"], m["base_full_cached"]["perf"]
-        targets["no slower than the fixed-prefix full prompt with llama.cpp KV reuse"] = {
-            "met": pi["latency_p50_ms"] <= cached["latency_p50_ms"],
-            "detail": f"p50 {pi['latency_p50_ms']:.0f} ms vs {cached['latency_p50_ms']:.0f} ms",
-        }
-    upstream = results.data.get("upstream", {})
-    if "promptintern" in m and upstream:
-        cheapest = min(upstream[k]["cost_per_1k"] for k in ("full_retrieved_cached", "full_fixed_cached"))
-        local = m["promptintern"]["cost_per_1k_local"]
-        targets[">= 80% lower cost than the upstream with provider prompt caching"] = {
-            "met": local <= 0.2 * cheapest,
-            "detail": f"${local:.5f} vs ${cheapest:.5f} per 1k requests "
-            f"({100 * (1 - local / cheapest):.1f}% lower)",
-        }
-    results.data["targets"] = targets
-    results.save()
 
 
 def main(argv: list[str] | None = None) -> int:

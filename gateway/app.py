@@ -1,7 +1,8 @@
 """The gateway's FastAPI app: `create_app(settings)`, with all state built in the lifespan.
 
 Lifespan: open the request log (writer thread), register the configured models (or start the embedded
-llama.cpp server when there are none), build the upstream clients; on shutdown, undo it all in reverse.
+llama.cpp server when there are none), build the upstream clients, start the router (gateway/router.py:
+mined templates served by local models, with its local backend); on shutdown, undo it all in reverse.
 """
 
 from __future__ import annotations
@@ -19,12 +20,16 @@ from fastapi.responses import JSONResponse, Response
 from gateway.auth import Authenticator
 from gateway.backends import ChooseBackend, ModelRegistry, choose_backend
 from gateway.chat import chat_completions
+from gateway.dashboard import router as dashboard_router
 from gateway.embedded import EmbeddedServer
 from gateway.errors import GatewayError, install_error_handlers
+from gateway.local_backend import make_local_backend
 from gateway.log_writer import LogWriter
 from gateway.metrics import GatewayMetrics
 from gateway.pricing import Pricer
-from gateway.settings import Settings
+from gateway.router import Router
+from gateway.savings import estimate_prompt_tokens
+from gateway.settings import Settings, UpstreamModel
 from gateway.state import Gateway
 from gateway.upstream import Upstream
 
@@ -56,6 +61,15 @@ def create_app(settings: Settings, choose: ChooseBackend = choose_backend) -> Fa
             registry.check()
             upstream = Upstream(settings, secrets=_secrets(settings))
             stack.push_async_callback(upstream.aclose)
+            router = None
+            if settings.router_enabled:  # stopped before the writer: shadow runs still log their answers
+                router = Router(settings.db_path, make_local_backend(settings), settings.router_poll_s)
+                await router.start()
+                stack.push_async_callback(router.stop)
+                registry.extra_listers.append(router.listing)
+                # litellm's token counter prices the counterfactual; import it now, not in a request.
+                models = list(registry.models.values())
+                router.spawn(asyncio.to_thread(_warm_accounting, models))
             app.state.embedded = embedded
             app.state.gateway = gateway = Gateway(
                 settings=settings,
@@ -66,6 +80,7 @@ def create_app(settings: Settings, choose: ChooseBackend = choose_backend) -> Fa
                 pricer=Pricer(settings),
                 auth=Authenticator(settings.api_keys),
                 choose_backend=choose,
+                router=router,
             )
             await _warm_token_counters(gateway)
             await asyncio.to_thread(gateway.pricer.warm, list(registry.models.values()))
@@ -74,6 +89,8 @@ def create_app(settings: Settings, choose: ChooseBackend = choose_backend) -> Fa
     app = FastAPI(
         title="PromptIntern Gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
     )
+    app.state.settings = settings  # the dashboard reads the log through it
+    app.include_router(dashboard_router)
     install_error_handlers(app)
     app.add_middleware(GatewayHeaders)
 
@@ -112,6 +129,12 @@ async def _warm_token_counters(gateway: Gateway) -> None:
         if model.gguf_path is not None:
             counter = gateway.token_counters.for_model(model.gguf_path)
             await asyncio.to_thread(counter.count, [{"role": "user", "content": "warm-up"}], "")
+
+
+def _warm_accounting(models: list[UpstreamModel]) -> None:
+    for model in models:
+        if model.gguf_path is None:
+            estimate_prompt_tokens(model.litellm_model, [{"role": "user", "content": "warm-up"}])
 
 
 def _secrets(settings: Settings) -> list[str]:

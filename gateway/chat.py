@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from gateway.errors import GatewayError, validation_message
 from gateway.exchange import Exchange, log_exchange, log_unavailable, usage_from
+from gateway.local_serving import accounting_for, schedule_shadow, serve_local
 from gateway.schemas import ChatCompletionRequest
 from gateway.state import Gateway
 from gateway.streaming import stream_response
@@ -50,6 +51,16 @@ async def chat_completions(request: Request, gateway: Gateway) -> Response:
                 param="n",
             )
         send_body = choice.body if choice.body is not None else body
+        decision = gateway.router.decide(body) if gateway.router is not None and choice.body is None else None
+        if decision is not None:  # a mined template: maybe served locally, always accounted for
+            exchange.template_id = decision.template_id
+            exchange.accounting = accounting_for(gateway, choice.model, decision, body["messages"])
+            if decision.mode == "local":
+                local_response = await serve_local(gateway, exchange, decision, chat_request, body)
+                if local_response is not None:
+                    return local_response  # else: a fallback, the original request goes upstream
+            elif decision.mode == "shadow":
+                schedule_shadow(gateway, exchange, decision, body)
         if chat_request.stream:
             return await stream_response(gateway, exchange, send_body, chat_request.include_usage)
         reply = await gateway.upstream.complete(choice.model, send_body, exchange.timing)

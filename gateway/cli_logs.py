@@ -162,13 +162,18 @@ def build_filter(queries: tuple[str, ...] | list[str], model: str | None) -> tup
     clauses: list[str] = []
     params: list[Any] = []
     for text in queries:
-        pattern = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        # messages are stored as JSON, where quotes, backslashes and newlines are escaped: search that form
+        in_json = json.dumps(text, ensure_ascii=False)[1:-1]
         clauses.append("(messages LIKE ? ESCAPE '\\' OR response LIKE ? ESCAPE '\\')")
-        params += [pattern, pattern]
+        params += [_like_pattern(in_json), _like_pattern(text)]
     if model:
         clauses.append("(model = ? OR model_served = ?)")
         params += [model, model]
     return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+
+def _like_pattern(text: str) -> str:
+    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
 def recent_rows(db: sqlite_utils.Database, count: int, where: str, params: list[Any]) -> list[dict[str, Any]]:

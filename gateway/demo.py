@@ -131,7 +131,9 @@ def format_summary(summary: dict[str, Any], result: ReplayResult, settings: Sett
     if result.answers:
         request, answer = result.answers[0]
         lines += ["", "First request:", f"  query      {request.pair.nl}", f"  reference  {request.pair.cmd}"]
-        lines += [f"  model      {answer.strip() or '(empty)'}"]
+        answer_lines = answer.strip().splitlines() or ["(empty)"]
+        more = " ..." if len(answer_lines) > 1 else ""
+        lines += [f"  model      {answer_lines[0]}{more}"]
     if result.errors:
         lines += ["", f"First error: {result.errors[0]}"]
     lines += ["", "Look at the log with `promptintern logs` (or `promptintern logs --usage`)."]

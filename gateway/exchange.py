@@ -15,6 +15,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -22,6 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 from gateway.errors import GatewayError
 from gateway.log_writer import content_hash
 from gateway.pricing import Pricer, Usage
+from gateway.savings import Savings, local_compute_cost
 from gateway.settings import UpstreamModel
 from gateway.state import Gateway
 from gateway.upstream import Timing
@@ -64,6 +66,14 @@ class Exchange:
         self.response_text: str | None = None
         self.finish_reason: str | None = None
         self.usage: Usage | None = None
+        # Routing (gateway/router.py): time spent waiting on a local model (not gateway overhead), the
+        # compute it used, why it was given up (a fallback), and the counterfactual accounting.
+        self.local_wait_s = 0.0
+        self.local_compute_s = 0.0
+        self.local_error: str | None = None
+        self.accounting: Callable[[Exchange], Awaitable[Savings | None]] | None = None
+        self.savings: Savings | None = None
+        self.after_log: Callable[[], None] | None = None  # run once the row is committed (shadow runs)
 
     # ---- timing ----------------------------------------------------------------------------------------
     def elapsed_ms(self) -> float:
@@ -72,7 +82,7 @@ class Exchange:
     def overhead_ms(self, elapsed_ms: float | None = None) -> float:
         """Time spent in the gateway itself so far: everything except waiting on the backend."""
         elapsed_ms = self.elapsed_ms() if elapsed_ms is None else elapsed_ms
-        return max(0.0, elapsed_ms - self.timing.backend_s * 1000)
+        return max(0.0, elapsed_ms - (self.timing.backend_s + self.local_wait_s) * 1000)
 
     def mark_first_token(self) -> None:
         if self.ttft_ms is None:
@@ -96,8 +106,16 @@ class Exchange:
         backend = self.backend
         usage = self.usage
         spend = None
-        if backend is not None and (usage is not None or backend.local):
+        if self.route == "local":  # the local model's compute is the whole bill
+            spend = local_compute_cost(self.local_compute_s, pricer.settings.local_cost_per_hour)
+        elif backend is not None and (usage is not None or backend.local):
             spend = pricer.spend(backend, usage or Usage(), self.timing.backend_s)
+        if self.route != "local" and self.local_compute_s:  # a fallback's wasted local compute counts
+            spend = (spend or 0.0) + local_compute_cost(
+                self.local_compute_s, pricer.settings.local_cost_per_hour
+            )
+        if self.local_error is not None and error is None:
+            error = f"fallback: {self.local_error}"
         return {
             "request_id": self.request_id,
             "startTime": _iso(self.started_wall),
@@ -128,8 +146,21 @@ class Exchange:
             if self.body is not None
             else None,
             "template_id": self.template_id,
-            "local_compute_s": self.timing.backend_s if backend is not None and backend.local else None,
+            "local_compute_s": self._local_compute_column(),
+            **(_counterfactual_columns(self.savings) if self.savings is not None else {}),
         }
+
+    def _local_compute_column(self) -> float | None:
+        if self.route == "local":
+            return self.local_compute_s
+        upstream_local = self.backend is not None and self.backend.local
+        if not upstream_local and not self.local_compute_s:
+            return None
+        return (self.timing.backend_s if upstream_local else 0.0) + self.local_compute_s
+
+
+def _counterfactual_columns(savings: Savings) -> dict[str, Any]:
+    return {k: v for k, v in savings.as_columns().items() if k != "local_compute_s"}  # set by the route
 
 
 def _without_credentials(url: str | None) -> str | None:
@@ -152,6 +183,11 @@ async def log_exchange(
     gateway: Gateway, exchange: Exchange, status: int, error: GatewayError | None = None
 ) -> bool:
     """Commit the request's row (awaiting the group commit); False if the database refused it."""
+    if status == 200 and exchange.accounting is not None:
+        try:
+            exchange.savings = await exchange.accounting(exchange)
+        except Exception as exc:  # accounting never fails a request
+            log.error("request %s: savings not computed: %s", exchange.request_id, exc)
     row = exchange.row(
         status, gateway.pricer, error.message if error else None, error.code if error else None
     )
@@ -162,4 +198,6 @@ async def log_exchange(
         return False
     finally:
         gateway.metrics.observe(row)
+    if exchange.after_log is not None and status == 200:
+        exchange.after_log()
     return True

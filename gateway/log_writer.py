@@ -52,12 +52,32 @@ GATEWAY_COLUMNS = (
     "content_hash",
     "template_id",
     "local_compute_s",
+    # Added for routing (issue 5): the counterfactual accounting of a templated request.
+    "counterfactual_prompt_tokens",
+    "counterfactual_completion_tokens",
+    "counterfactual_spend",
+    "counterfactual_cached_spend",
 )
+# Columns a later update may set (a shadow run's answer) or add to (its compute and cost).
+UPDATABLE_COLUMNS = frozenset({"shadow_response", "shadow_agreement", "local_compute_s", "spend"})
 _INSERT = (
     f"INSERT INTO requests ({', '.join(f'[{c}]' for c in GATEWAY_COLUMNS)}) "
     f"VALUES ({', '.join('?' for _ in GATEWAY_COLUMNS)})"
 )
 _STOP = object()
+
+
+class _Update:
+    """An UPDATE of one logged row, queued behind the row's own INSERT (the queue keeps order)."""
+
+    def __init__(self, request_id: str, set_columns: dict[str, Any], add_columns: dict[str, float]) -> None:
+        names = set(set_columns) | set(add_columns)
+        if not names or not names <= UPDATABLE_COLUMNS:
+            raise ValueError(f"cannot update columns {sorted(names - UPDATABLE_COLUMNS) or 'none'}")
+        assignments = [f"[{name}] = ?" for name in set_columns]
+        assignments += [f"[{name}] = coalesce([{name}], 0) + ?" for name in add_columns]
+        self.sql = f"UPDATE requests SET {', '.join(assignments)} WHERE request_id = ?"
+        self.params = [*set_columns.values(), *add_columns.values(), request_id]
 
 
 def content_hash(messages: Any, params: dict[str, Any], response_text: str | None) -> str:
@@ -101,6 +121,14 @@ class LogWriter:
         self._queue.put((tuple(row.get(column) for column in GATEWAY_COLUMNS), future))
         return future
 
+    def submit_update(
+        self, request_id: str, set_columns: dict[str, Any], add_columns: dict[str, float] | None = None
+    ) -> Future[None]:
+        """Queue an update of an already submitted row (set some columns, add to others)."""
+        future: Future[None] = Future()
+        self._queue.put((_Update(request_id, set_columns, add_columns or {}), future))
+        return future
+
     async def write(self, row: dict[str, Any]) -> None:
         """Queue a row and wait until it is committed."""
         await asyncio.wrap_future(self.submit(row))
@@ -130,17 +158,24 @@ class LogWriter:
                 self._commit(conn, batch)
         conn.close()
 
-    def _commit(self, conn: sqlite3.Connection, batch: list[tuple[tuple, Future[None]]]) -> None:
+    def _commit(self, conn: sqlite3.Connection, batch: list[tuple[tuple | _Update, Future[None]]]) -> None:
+        inserts = [values for values, _ in batch if not isinstance(values, _Update)]
+        updates = [values for values, _ in batch if isinstance(values, _Update)]
         try:
-            with conn:  # one transaction for the whole batch
-                conn.executemany(_INSERT, [values for values, _ in batch])
+            with conn:  # one transaction for the whole batch; an update always follows its row's insert
+                conn.executemany(_INSERT, inserts)
+                for update in updates:
+                    conn.execute(update.sql, update.params)
         except sqlite3.Error:
             # One bad row must not sink its neighbours: retry row by row, failing only the bad ones.
-            for values, future in batch:
+            for values, future in sorted(batch, key=lambda item: isinstance(item[0], _Update)):
                 try:
                     with conn:
-                        conn.execute(_INSERT, values)
-                    self.rows += 1
+                        if isinstance(values, _Update):
+                            conn.execute(values.sql, values.params)
+                        else:
+                            conn.execute(_INSERT, values)
+                            self.rows += 1
                     _resolve(future, None)
                 except sqlite3.Error as exc:
                     log.error("request log insert failed: %s", exc)
@@ -148,7 +183,7 @@ class LogWriter:
             self.batches += 1
             return
         self.batches += 1
-        self.rows += len(batch)
+        self.rows += len(inserts)
         for _, future in batch:
             _resolve(future, None)
 

@@ -52,6 +52,12 @@ class GatewayMetrics:
         self.spend = Counter(
             "promptintern_spend_dollars", "Spend by route", ["route"], registry=self.registry
         )
+        self.routed = Counter(
+            "promptintern_routed_requests",
+            "Requests of a mined template, by route (local, fallback, shadow, upstream) and template",
+            ["route", "template"],
+            registry=self.registry,
+        )
 
     def observe(self, row: dict) -> None:
         """Record one finished request from its log row."""
@@ -73,6 +79,8 @@ class GatewayMetrics:
                 self.tokens.labels(route, kind).inc(value)
         if row.get("spend"):
             self.spend.labels(route).inc(row["spend"])
+        if row.get("template_id"):  # templates are mined from the log: a bounded set of labels
+            self.routed.labels(route, row["template_id"]).inc()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

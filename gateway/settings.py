@@ -109,6 +109,15 @@ class Settings(BaseSettings):
     base_model: str | None = None
     internalize_config: Path | None = None
 
+    # Added for routing (issue 5, gateway/router.py). router_enabled False = every request goes upstream
+    # unmatched (no matcher on the request path). router_poll_s: how often templates/routes are re-read.
+    router_enabled: bool = True
+    router_poll_s: float = 0.5
+    # The price the counterfactual (full prompt upstream) is charged at when the upstream is itself local
+    # (the embedded llama.cpp default has no token price): a litellm cost-map model name, so the offline
+    # demo reports dollars as if the full prompt had gone to this provider model.
+    counterfactual_price_model: str = "gpt-4o-mini"
+
     @field_validator("api_keys", mode="before")
     @classmethod
     def _parse_api_keys(cls, value: Any) -> Any:

@@ -10,6 +10,7 @@ from gateway.local_tokens import TokenCounters
 from gateway.log_writer import LogWriter
 from gateway.metrics import GatewayMetrics
 from gateway.pricing import Pricer
+from gateway.router import Router
 from gateway.settings import Settings
 from gateway.upstream import Upstream
 
@@ -25,3 +26,4 @@ class Gateway:
     auth: Authenticator
     choose_backend: ChooseBackend
     token_counters: TokenCounters = field(default_factory=TokenCounters)
+    router: Router | None = None  # None: routing disabled, every request goes upstream

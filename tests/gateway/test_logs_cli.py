@@ -137,3 +137,14 @@ def test_logs_path_honours_home(home):
 def test_negative_count_is_an_error(home):
     result = CliRunner().invoke(main, ["logs", "-n", "-1"])
     assert result.exit_code == 1 and "-n must be 0" in result.stderr
+
+
+def test_search_sees_quotes_inside_the_stored_json(home):
+    db = open_db(home / "logs.db")
+    messages = [{"role": "user", "content": 'find files named "*.txt"\nin /tmp'}]
+    db["requests"].insert(
+        {"request_id": "q", "startTime": "2026-11-22T10:00:00+00:00", "messages": json.dumps(messages)}
+    )
+    db.close()
+    for text in ('named "*.txt"', 'named "*.txt"\nin /tmp'):
+        assert [row["request_id"] for row in json.loads(run("logs", "-q", text, "--json").stdout)] == ["q"]

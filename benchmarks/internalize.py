@@ -6,8 +6,10 @@ with a config meant for a 2-core CPU (all stages, the progressive ones on a shar
 Then merges the final adapter again and writes it at each quantization, with llama.cpp's agreement with
 the merged torch model (greedy, held-out queries) next to the size.
 
-Writes benchmarks/results/internalize.{json,md,png}.
-  .venv/bin/python benchmarks/internalize.py           # SmolLM2-135M, 300 requests (~20 min on 2 cores)
+Writes benchmarks/results/internalize.{json,md,png} (internalize_quick.* with --quick). The full run needs
+~110k training tokens: ~15 min at the ~130 tokens/s LoRA speed the prototype measured on an idle 2-core
+machine; on the shared machine this was written on, training ran at 20-28 tokens/s, so it was not run there.
+  .venv/bin/python benchmarks/internalize.py           # SmolLM2-135M, 300 requests (see above)
   .venv/bin/python benchmarks/internalize.py --quick   # the tiny test model, ~1 minute
   .venv/bin/python benchmarks/internalize.py -o stages=2 -o lr=5e-4
 """

@@ -56,7 +56,8 @@ def test_smollm2_internalization_beats_the_base_model_query_only(home):
         [(s["stage"], s["steps"], s["tokens_per_s"]) for s in result.stages],
     )
     tuned, base = result.eval_scores["internalized"], result.eval_scores["base_query_only"]
-    assert tuned["chrf"] >= max(1.5 * base["chrf"], base["chrf"] + 0.1)
-    assert tuned["exact"] + tuned["bash"] > base["exact"] + base["bash"]
+    # 24 steps of 2 x 256 tokens teach the answer format (a bare command) and much of the content; exact
+    # commands stay rare for a 135M model this early, so the bar is on chrF (0.12 -> 0.35 when measured).
+    assert tuned["chrf"] >= max(2 * base["chrf"], base["chrf"] + 0.15)
     assert result.eval_scores["verification"]["agreement"] >= 0.75
     assert result.status == "active"

@@ -1,12 +1,15 @@
-"""`promptintern demo`: the gateway on the embedded default, real NL->bash traffic through it, a summary.
+"""`promptintern demo`: the whole loop on the embedded default, offline: replay, nightly, replay, report.
 
 Offline and keyless: the gateway starts in this process on a free loopback port with no upstream
 configured, so it runs its embedded llama.cpp server on SmolLM2-135M-Instruct. The traffic is the NL2Bash
 app of gateway.nl2bash_app (a long system prompt + 5 few-shot examples + the query), sent with the official
-`openai` client. The summary is read back from the request log, so it shows what the log really holds.
-
-Each step is a small function so later issues can extend the demo into the full loop
-(mine -> internalize -> route) without rewriting it.
+`openai` client. Steps (each a small function):
+1. replay NL2Bash training queries through the gateway (served upstream with the full prompt, logged);
+2. nightly (gateway.demo_nightly): mine the log, internalize the template, export, gate, activate;
+3. wait until the running gateway's router serves the new model, then replay held-out (dev) queries with
+   the same template: they are routed query-only to the local model;
+4. print the savings (gateway.report) and the accuracy (the gate's held-out scores, the served answers).
+Every figure is read back from the log, the report or the models row.
 """
 
 from __future__ import annotations
@@ -16,11 +19,14 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import click
 
 from gateway.cli import CliError, get_settings
+from gateway.demo_nightly import DEMO_GATE_THRESHOLD, TARGETS, demo_config, run_nightly
+from gateway.demo_summary import format_loop_summary, savings_figures, served_accuracy
 from gateway.nl2bash_app import AppRequest, build_requests
 from gateway.settings import Settings
 
@@ -140,31 +146,134 @@ def format_summary(summary: dict[str, Any], result: ReplayResult, settings: Sett
     return "\n".join(lines)
 
 
+def wait_until_served(base_url: str, model_id: str, timeout_s: float = 180.0) -> bool:
+    """Poll GET /v1/models until the router lists `model_id` (it loads the GGUF before taking traffic)."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=base_url, api_key="demo-no-key", max_retries=0)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            if any(model.id == model_id for model in client.models.list()):
+                return True
+            time.sleep(0.5)
+        return False
+    finally:
+        client.close()
+
+
+def loop_traffic(
+    n_train: int, n_fresh: int, examples: str, layout: str, seed: int
+) -> tuple[list[AppRequest], list[AppRequest]]:
+    """Training queries from NL2Bash's train split, fresh ones from its dev split, one app (same template)."""
+    train = build_requests(n_train, examples=examples, layout=layout, seed=seed)  # type: ignore[arg-type]
+    fresh = build_requests(n_fresh, split="dev", examples=examples, layout=layout, seed=seed)  # type: ignore[arg-type]
+    return train, fresh
+
+
+def announce(step: str) -> None:
+    click.echo(f"\n== {step}", err=True)
+
+
 @click.command()
-@click.option("--requests", "n_requests", default=100, show_default=True, help="How many requests to replay.")
+@click.option("--requests", "n_requests", default=240, show_default=True, help="Training requests to replay.")
+@click.option("--fresh", "n_fresh", default=40, show_default=True, help="Held-out requests replayed after.")
+@click.option(
+    "--targets",
+    type=click.Choice(TARGETS),
+    default="gold",
+    show_default=True,
+    help="Train on NL2Bash's gold commands or on the upstream's logged answers.",
+)
+@click.option(
+    "--gate-threshold", default=DEMO_GATE_THRESHOLD, show_default=True, help="chrF the model needs."
+)
+@click.option("--threads", default=1, show_default=True, help="Torch threads for training.")
+@click.option("--quick", is_flag=True, help="A tiny run (a few requests, a few steps) for tests.")
 @click.option("--examples", type=click.Choice(["fixed", "retrieved"]), default="fixed", show_default=True)
 @click.option("--layout", type=click.Choice(["turns", "inline"]), default="turns", show_default=True)
 @click.option("--seed", default=0, show_default=True, help="Which queries and examples (deterministic).")
-@click.option("--max-tokens", default=48, show_default=True, help="Completion limit per request.")
+@click.option("--max-tokens", default=32, show_default=True, help="Completion limit per request.")
 @click.pass_context
-def demo(ctx: click.Context, n_requests: int, examples: str, layout: str, seed: int, max_tokens: int) -> None:
-    """Replay NL2Bash traffic through the gateway on the embedded model (offline) and summarize the log."""
-    if n_requests < 1:
-        raise CliError("--requests must be at least 1")
+def demo(
+    ctx: click.Context,
+    n_requests: int,
+    n_fresh: int,
+    targets: str,
+    gate_threshold: float,
+    threads: int,
+    quick: bool,
+    examples: str,
+    layout: str,
+    seed: int,
+    max_tokens: int,
+) -> None:
+    """The whole loop offline: replay NL2Bash traffic, internalize its template, route, report."""
+    if quick:
+        n_requests, n_fresh = min(n_requests, 12), min(n_fresh, 3)
+    if n_requests < 1 or n_fresh < 1:
+        raise CliError("--requests and --fresh must be at least 1")
     settings = demo_settings(get_settings(ctx))
     settings.ensure_home()
-    requests = demo_traffic(n_requests, examples, layout, seed)
+    cfg = demo_config(quick, threads, gate_threshold)
+    train, fresh = loop_traffic(n_requests, n_fresh, examples, layout, seed)
+    timings: dict[str, float] = {}
+    started_at = datetime.now(UTC)
+    clock = time.perf_counter()
     click.echo(
         f"Starting the gateway on the embedded {settings.embedded_model_name} (llama.cpp, offline)...",
         err=True,
     )
     try:
         with running_gateway(settings) as base_url:
-            click.echo(f"Gateway at {base_url}; replaying {len(requests)} NL2Bash requests.", err=True)
-            result = replay(base_url, settings.embedded_model_name, requests, max_tokens)
-    except RuntimeError as exc:
-        raise CliError(f"the gateway did not start: {exc}") from exc
-    summary = log_summary(settings, result.request_ids)
-    click.echo(format_summary(summary, result, settings))
-    if not result.answers:
-        raise CliError(f"every request failed; first error: {result.errors[0]}")
+            announce(
+                f"1/4 replay: {len(train)} NL2Bash requests with the full few-shot prompt via {base_url}"
+            )
+            first = replay(base_url, settings.embedded_model_name, train, max_tokens)
+            click.echo(format_summary(log_summary(settings, first.request_ids), first, settings), err=True)
+            if not first.answers:
+                raise CliError(f"every request failed; first error: {first.errors[0]}")
+            timings["replay"] = time.perf_counter() - clock
+
+            announce(f"2/4 nightly: mine, internalize (targets: {targets}), export, gate, activate")
+            try:
+                nightly = run_nightly(settings, cfg, first.request_ids, train, targets, _say)
+            except Exception as exc:
+                if type(exc).__name__ in _USER_ERRORS:
+                    raise CliError(f"nightly failed: {exc}".splitlines()[0]) from exc
+                raise
+            timings["nightly"] = time.perf_counter() - clock - timings["replay"]
+
+            model_id = nightly.job["model_id"]
+            if nightly.job["status"] == "active" and not wait_until_served(base_url, model_id):
+                raise CliError(f"the gateway did not start serving {model_id} within 180 s")
+            fresh_at = datetime.now(UTC)
+            served_note = "routed to it" if nightly.job["status"] == "active" else "gate failed: upstream"
+            announce(f"3/4 replay: {len(fresh)} held-out requests, same template ({model_id}: {served_note})")
+            second = replay(base_url, settings.embedded_model_name, fresh, max_tokens)
+            timings["fresh replay"] = time.perf_counter() - clock - timings["replay"] - timings["nightly"]
+    except RuntimeError as exc:  # the gateway's start-up (embedded llama.cpp server) or the router
+        raise CliError(f"the demo failed: {exc}".splitlines()[0]) from exc
+    timings["total"] = time.perf_counter() - clock
+
+    announce("4/4 report")
+    savings = savings_figures(settings, nightly.template_id, started_at, fresh_at)
+    served = {"before": served_accuracy(first.answers), "after": served_accuracy(second.answers)}
+    click.echo(format_loop_summary(nightly, savings, served, timings))
+    if second.errors:
+        raise CliError(f"{len(second.errors)} fresh requests failed; first: {second.errors[0]}")
+
+
+# The internalizer's errors a user can act on (the job raises them with one-line messages).
+_USER_ERRORS = (
+    "ConfigError",
+    "DatasetError",
+    "BaseModelError",
+    "TrainingError",
+    "ExportError",
+    "RegistryError",
+)
+
+
+def _say(message: str) -> None:
+    click.echo(f"  {message}", err=True)

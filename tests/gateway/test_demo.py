@@ -1,4 +1,4 @@
-"""`promptintern demo`: its steps against the fake provider (fast), and the real thing on SmolLM2 (slow)."""
+"""`promptintern demo`: its steps against the fake provider (fast), and the whole loop on SmolLM2 (slow)."""
 
 from __future__ import annotations
 
@@ -6,13 +6,18 @@ import json
 import os
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 
 from gateway.demo import demo_traffic, format_summary, log_summary, replay, running_gateway
+from gateway.demo_nightly import write_gold_labels
 from gateway.fake_upstream import reply_for
+from gateway.report import build_report
 from gateway.settings import Settings, UpstreamModel
+from gateway.store import open_db
+from internalizer.dataset import load_labels
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -68,22 +73,79 @@ def test_summary_ignores_rows_of_other_runs(fake_upstream, tmp_path):
     assert log_summary(settings, second.request_ids)["requests"] == 3
 
 
+def test_gold_labels_are_read_by_the_job_keyed_by_request_id(tmp_path):
+    traffic = demo_traffic(3, "fixed", "turns", seed=0)
+    path = write_gold_labels(tmp_path / "labels.jsonl", ["req-a", "", "req-c"], traffic)
+    # a request the gateway gave no id (a failed one) has no label; the others carry their gold command
+    assert load_labels(path) == {"req-a": traffic[0].pair.cmd, "req-c": traffic[2].pair.cmd}
+
+
+def test_demo_rejects_an_empty_replay(tmp_path):
+    env = {**os.environ, "PROMPTINTERN_HOME": str(tmp_path / "home")}
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "demo", "--fresh", "0"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip() == "Error: --requests and --fresh must be at least 1"
+
+
 @pytest.mark.slow
-def test_make_demo_runs_offline_on_the_embedded_model(tmp_path):
+@pytest.mark.timeout(1800)
+def test_demo_quick_runs_the_whole_loop_offline(tmp_path):
+    """replay -> mine -> internalize -> activate -> routed replay -> report, on the embedded SmolLM2.
+
+    `--gate-threshold 0` makes the gate pass whatever a few training steps reach, so the routing half is
+    always exercised; the demo's own default threshold is a real one.
+    """
     env = {**os.environ, "PROMPTINTERN_HOME": str(tmp_path / "home")}
     env.pop("PROMPTINTERN_MODELS", None)
-    cli = [sys.executable, "-m", "gateway.cli"]
     done = subprocess.run(
-        [*cli, "demo", "--requests", "3"], env=env, cwd=ROOT, capture_output=True, text=True
+        [sys.executable, "-m", "gateway.cli", "demo", "--quick", "--gate-threshold", "0"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
     )
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "requests logged     3 of 3 sent (0 errors)" in done.stdout
-    assert "replaying" in done.stderr  # the progress bar
+    assert done.returncode == 0, done.stderr[-3000:]
+    for step in (
+        "== 1/4 replay",
+        "== 2/4 nightly",
+        "== 3/4 replay",
+        "== 4/4 report",
+        "replaying",
+        "stage 2/2",
+    ):
+        assert step in done.stderr  # each step announced, progress bars for replay and training
 
-    usage = subprocess.run(
-        [*cli, "logs", "--usage", "--json"], env=env, cwd=ROOT, capture_output=True, text=True, check=True
-    )
-    totals = json.loads(usage.stdout)
-    assert totals["requests"] == 3 and totals["errors"] == 0
-    assert totals["prompt_tokens"] > 3 * 500  # the long NL2Bash app prompt, counted by llama.cpp
-    assert totals["completion_tokens"] > 0 and totals["spend"] > 0  # local compute is priced
+    db = open_db(tmp_path / "home" / "logs.db")
+    rows = list(db.query("SELECT * FROM requests ORDER BY startTime"))
+    assert len(rows) == 12 + 3 and all(r["status"] == 200 for r in rows)
+    (template,) = list(db.query("SELECT * FROM templates"))
+    assert db.execute("SELECT count(*) FROM request_templates").fetchone()[0] == 12
+    (model,) = list(db.query("SELECT * FROM models"))
+    assert model["template_id"] == template["id"] and model["status"] == "active"
+    scores = json.loads(model["eval_scores"])
+    assert {"internalized", "base_full_prompt", "base_query_only"} <= set(scores)
+
+    first, fresh = rows[:12], rows[12:]
+    assert {r["route"] for r in first} == {"upstream"}
+    assert all(r["route"] == "local" and r["template_id"] == template["id"] for r in fresh)
+    # routed requests carry the query only; the log keeps what the full prompt would have cost
+    assert all(r["prompt_tokens"] * 5 < r["counterfactual_prompt_tokens"] for r in fresh)
+
+    since = datetime.fromisoformat(fresh[0]["startTime"])
+    report = build_report(db, since, local_cost_per_hour=Settings().local_cost_per_hour)
+    (figures,) = [t for t in report["by_template"] if t["template_id"] == template["id"]]
+    assert figures["requests"] == figures["routed"] == 3 and figures["fallbacks"] == 0
+    assert figures["input_tokens_after"] == sum(r["prompt_tokens"] for r in fresh)
+    assert figures["input_tokens_before"] == sum(r["counterfactual_prompt_tokens"] for r in fresh)
+    out = done.stdout
+    assert f"{figures['input_tokens_before']:,} -> {figures['input_tokens_after']:,}" in out
+    assert f"({figures['input_token_reduction_pct']:.1f}% fewer)" in out
+    assert f"internalized, query only      chrF {scores['internalized']['chrf']:.3f}" in out
+    assert f"base model, full prompt       chrF {scores['base_full_prompt']['chrf']:.3f}" in out
+    assert "3 routed local, 0 fallbacks" in out

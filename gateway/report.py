@@ -74,6 +74,13 @@ select coalesce(r.template_id, rt.template_id) as template_id, substr(r.startTim
 from requests r left join request_templates rt on rt.request_id = r.request_id
 where r.startTime >= :since
 """
+# Local compute that a fallback or shadow request spent on the local model: without routing it would not
+# have been spent. (Plain upstream rows keep their whole bill: on the embedded default that bill is itself
+# local compute, which routing did not add.)
+_WASTED = (
+    "case when q.route in ('fallback', 'shadow') "
+    "then coalesce(q.local_compute_s, 0) * :rate / 3600 else 0 end"
+)
 _SUMS = f"""
 with q as ({_REQUESTS})
 select q.template_id, q.day, (select name from templates t where t.id = q.template_id),
@@ -82,9 +89,9 @@ select q.template_id, q.day, (select name from templates t where t.id = q.templa
            else coalesce(q.prompt_tokens, 0) end),
   sum(coalesce(q.prompt_tokens, 0)),
   sum(case when q.route = 'local' then coalesce(q.counterfactual_spend, q.spend, 0)
-           else coalesce(q.spend, 0) - coalesce(q.local_compute_s, 0) * :rate / 3600 end),
+           else coalesce(q.spend, 0) - {_WASTED} end),
   sum(case when q.route = 'local' then coalesce(q.counterfactual_cached_spend, q.spend, 0)
-           else coalesce(q.spend, 0) - coalesce(q.local_compute_s, 0) * :rate / 3600 end),
+           else coalesce(q.spend, 0) - {_WASTED} end),
   sum(coalesce(q.spend, 0))
 from q
 group by q.template_id, q.day

@@ -19,6 +19,12 @@ from gateway.settings import Settings
 from tests.gateway import seed_log
 from tests.gateway.seed_log import DAY1, DAY2, NL2BASH
 
+
+def _get(url: str, **kwargs) -> httpx.Response:
+    # The page renders a chart with matplotlib: seconds on a busy 2-core machine, past httpx's 5 s default.
+    return httpx.get(url, timeout=60, **kwargs)
+
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # Nothing in the background may reach the network: the page must render from the gateway alone.
 CHROMIUM_FLAGS = [
@@ -123,7 +129,7 @@ def _assert_page_matches(page: _Figures, report: dict) -> int:
 
 
 def test_rendered_page_shows_the_report_figures(dashboard_url, tmp_path):
-    report = httpx.get(f"{dashboard_url}/dashboard/report.json").json()
+    report = _get(f"{dashboard_url}/dashboard/report.json").json()
     assert report["schema"] == "promptintern.report/1" and report["totals"]["requests"] == 19
 
     dom = _chromium(tmp_path, "--dump-dom", f"{dashboard_url}/dashboard")
@@ -142,7 +148,7 @@ def test_rendered_page_shows_the_report_figures(dashboard_url, tmp_path):
 
 
 def test_since_filters_the_page_and_the_json_alike(dashboard_url, tmp_path):
-    report = httpx.get(f"{dashboard_url}/dashboard/report.json", params={"since": DAY2}).json()
+    report = _get(f"{dashboard_url}/dashboard/report.json", params={"since": DAY2}).json()
     assert [d["day"] for d in report["by_day"]] == [DAY2]
     page = _Figures()
     page.feed(_chromium(tmp_path, "--dump-dom", f"{dashboard_url}/dashboard?since={DAY2}"))
@@ -152,15 +158,15 @@ def test_since_filters_the_page_and_the_json_alike(dashboard_url, tmp_path):
 
 def test_page_follows_the_log(dashboard_url, home):
     """Figures are computed per request: a new row shows on the next load."""
-    before = httpx.get(f"{dashboard_url}/dashboard/report.json").json()["totals"]["requests"]
+    before = _get(f"{dashboard_url}/dashboard/report.json").json()["totals"]["requests"]
     db = seed_log.open_db(home / "logs.db")
     db["requests"].insert({"request_id": "late", "startTime": f"{DAY2}T23:00:00+00:00", "route": "upstream"})
-    after = httpx.get(f"{dashboard_url}/dashboard/report.json").json()["totals"]["requests"]
+    after = _get(f"{dashboard_url}/dashboard/report.json").json()["totals"]["requests"]
     assert after == before + 1
-    html = httpx.get(f"{dashboard_url}/dashboard").text
+    html = _get(f"{dashboard_url}/dashboard").text
     assert f"{after} requests" in html and 'http-equiv="refresh"' in html
 
 
 def test_bad_since_is_a_400(dashboard_url):
-    response = httpx.get(f"{dashboard_url}/dashboard/report.json", params={"since": "soonish"})
+    response = _get(f"{dashboard_url}/dashboard/report.json", params={"since": "soonish"})
     assert response.status_code == 400 and "--since must be like" in response.text

@@ -35,7 +35,7 @@ from gateway.savings import Savings, for_local_request, for_upstream_request, lo
 from gateway.schemas import ChatCompletionRequest
 from gateway.settings import Price, UpstreamModel
 from gateway.state import Gateway
-from gateway.streaming import sse
+from gateway.streaming import log_client_gone, sse
 
 log = logging.getLogger("promptintern.gateway")
 
@@ -106,7 +106,7 @@ class LocalStream:
                 yield out
         finally:
             if not self.logged:  # the client went away mid-stream
-                self._client_gone(stream)
+                log_client_gone(self.gateway, self.exchange, self.pieces, stream)
 
     async def _relay(self, first: LocalDelta, stream: AsyncIterator[LocalDelta]) -> AsyncIterator[bytes]:
         exchange, delta = self.exchange, first
@@ -143,19 +143,6 @@ class LocalStream:
     def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
         choice = {"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
         return sse({**_envelope(self.exchange, self.request, "chat.completion.chunk"), "choices": [choice]})
-
-    def _client_gone(self, stream: AsyncIterator[LocalDelta]) -> None:
-        exchange = self.exchange
-        exchange.response_text = "".join(self.pieces)
-        gone = GatewayError(
-            499, "The client closed the connection before the stream ended.", code="client_closed"
-        )
-        row = exchange.row(499, self.gateway.pricer, gone.message, gone.code)
-        self.gateway.writer.submit(row)
-        self.gateway.metrics.observe(row)
-        aclose = getattr(stream, "aclose", None)
-        if aclose is not None:
-            asyncio.ensure_future(aclose())
 
 
 def _take_result(exchange: Exchange, result: LocalResult) -> None:

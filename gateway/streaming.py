@@ -63,7 +63,7 @@ class StreamRelay:
                 yield out
         finally:
             if not self.logged:  # the client went away (cancellation) before the row was written
-                self._client_gone(rest)
+                log_client_gone(self.gateway, self.exchange, self.pieces, rest)
 
     async def _relay(self, first: Chunk, rest: AsyncIterator[Chunk]) -> AsyncIterator[bytes]:
         exchange = self.exchange
@@ -168,16 +168,16 @@ class StreamRelay:
             out.append(sse({**usage_chunk, "usage": self._usage_payload()}))
         return out
 
-    def _client_gone(self, rest: AsyncIterator[Chunk]) -> None:
-        """The client went away (cancellation): log what was seen without waiting, and stop the backend."""
-        exchange = self.exchange
-        exchange.response_text = "".join(self.pieces)
-        gone = GatewayError(
-            499, "The client closed the connection before the stream ended.", code="client_closed"
-        )
-        row = exchange.row(499, self.gateway.pricer, gone.message, gone.code)
-        self.gateway.writer.submit(row)
-        self.gateway.metrics.observe(row)
-        aclose = getattr(rest, "aclose", None)
-        if aclose is not None:
-            asyncio.ensure_future(aclose())
+
+def log_client_gone(gateway: Gateway, exchange: Exchange, pieces: list[str], rest: AsyncIterator) -> None:
+    """The client went away mid-stream (cancellation): log what was sent without waiting, stop the backend."""
+    exchange.response_text = "".join(pieces)
+    gone = GatewayError(
+        499, "The client closed the connection before the stream ended.", code="client_closed"
+    )
+    row = exchange.row(499, gateway.pricer, gone.message, gone.code)
+    gateway.writer.submit(row)
+    gateway.metrics.observe(row)
+    aclose = getattr(rest, "aclose", None)
+    if aclose is not None:
+        asyncio.ensure_future(aclose())

@@ -90,7 +90,8 @@ def replay(base_url: str, model: str, requests: Sequence[AppRequest], max_tokens
             result.request_ids.append(exc.response.headers.get("x-request-id", ""))
             result.errors.append(f"{type(exc).__name__}: {exc}")
             continue
-        except OpenAIError as exc:
+        except OpenAIError as exc:  # no answer from the gateway: keep request_ids aligned with requests
+            result.request_ids.append("")
             result.errors.append(f"{type(exc).__name__}: {exc}")
             continue
         result.request_ids.append(raw.headers.get("x-request-id", ""))
@@ -176,7 +177,7 @@ def announce(step: str) -> None:
 
 
 @click.command()
-@click.option("--requests", "n_requests", default=240, show_default=True, help="Training requests to replay.")
+@click.option("--requests", "n_requests", default=200, show_default=True, help="Training requests to replay.")
 @click.option("--fresh", "n_fresh", default=40, show_default=True, help="Held-out requests replayed after.")
 @click.option(
     "--targets",
@@ -186,7 +187,10 @@ def announce(step: str) -> None:
     help="Train on NL2Bash's gold commands or on the upstream's logged answers.",
 )
 @click.option(
-    "--gate-threshold", default=DEMO_GATE_THRESHOLD, show_default=True, help="chrF the model needs."
+    "--gate-threshold",
+    default=DEMO_GATE_THRESHOLD,
+    show_default=True,
+    help="chrF floor the model needs (it must also match the full prompt's chrF).",
 )
 @click.option("--threads", default=1, show_default=True, help="Torch threads for training.")
 @click.option("--quick", is_flag=True, help="A tiny run (a few requests, a few steps) for tests.")

@@ -24,7 +24,9 @@ from gateway.nl2bash_app import AppRequest
 from gateway.settings import Settings
 
 TARGETS = ("gold", "upstream")
-DEMO_GATE_THRESHOLD = 0.3  # chrF; the job's default (0.5) is for a real base model, not a 135M one
+# chrF floor; the job's default (0.5) is for a real base model, not a 135M one. With it, the gate also asks
+# the query-only model to do at least as well as the full prompt does today (gate_vs_full_prompt).
+DEMO_GATE_THRESHOLD = 0.2
 
 
 @dataclass
@@ -53,6 +55,8 @@ def demo_config(quick: bool, threads: int, gate_threshold: float) -> Any:
         task_metric="bash",
         gate_metric="chrf",
         gate_threshold=gate_threshold,
+        # A few quick-mode steps cannot match the full prompt: quick mode gates on the floor alone.
+        gate_vs_full_prompt=not quick,
         threads=threads,
         verify_samples=4,
     )
@@ -69,7 +73,7 @@ def demo_config(quick: bool, threads: int, gate_threshold: float) -> Any:
             quant="f16",
         )
     return InternalizeConfig(
-        **common, epochs_per_stage=0.1, final_stage_epochs=2.0, min_eval=24, max_eval=24, eval_fraction=0.1
+        **common, epochs_per_stage=0.1, final_stage_epochs=1.0, min_eval=20, max_eval=20, eval_fraction=0.1
     )
 
 
@@ -129,6 +133,10 @@ def run_nightly(
     labels = None
     if targets == "gold":
         labels = write_gold_labels(settings.home / "demo" / "gold_labels.jsonl", request_ids, requests)
+    say(
+        "then: train (a bar per stage), export to GGUF and verify it against torch, evaluate the held-out "
+        "requests with 3 models (silent, minutes), gate, activate"
+    )
     job = internalize(settings, template["id"], cfg, labels_path=labels, progress=True, say=say)
     return NightlyResult(
         template_id=template["id"],

@@ -63,6 +63,12 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:,.0f} ms"
 
 
+def _speedup(ratio: float | None) -> str:
+    if not ratio:
+        return ""
+    return f" ({ratio:.1f}x faster)" if ratio >= 1 else f" ({1 / ratio:.1f}x slower)"
+
+
 def _scores(scores: dict[str, Any] | None) -> str:
     if not scores:
         return "-"
@@ -110,7 +116,7 @@ def format_loop_summary(
         f"{fresh.get('input_tokens_after', 0):,}"
         f" ({_pct(fresh.get('input_token_reduction_pct'))} fewer)",
         f"  latency p50         {_ms(savings['latency_p50_before_ms'])} full prompt upstream -> "
-        f"{_ms(savings['latency_p50_after_ms'])} local" + (f" ({speedup:.1f}x faster)" if speedup else ""),
+        f"{_ms(savings['latency_p50_after_ms'])} local" + _speedup(speedup),
         f"  latency p95         {_ms(savings['latency_p95_before_ms'])} -> "
         f"{_ms(savings['latency_p95_after_ms'])}",
         f"  spend               ${fresh.get('spend_before_uncached', 0):.6f} uncached / "

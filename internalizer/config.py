@@ -63,6 +63,9 @@ class InternalizeConfig:
     max_new_tokens: int = 64
     gate_metric: str = "chrf"  # exact | chrf | a task metric name
     gate_threshold: float = 0.5
+    # Also require the query-only model to score at least what the base model scores with the full prompt
+    # (the quality traffic gets today): a floor (gate_threshold) and a no-regression rule together.
+    gate_vs_full_prompt: bool = False
     task_metric: str | None = None  # e.g. "bash": command-template match
     eval_base_reference: bool = True  # also score the base model with the full logged prompt (slower)
     activate: bool = True  # activate when the gate passes

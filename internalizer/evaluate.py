@@ -138,6 +138,15 @@ def score(
     return {k: round(v, 4) for k, v in scores.items()}
 
 
+def gate_bar(
+    scores: dict[str, dict[str, float]], metric: str, threshold: float, vs_full_prompt: bool
+) -> float:
+    """The score the internalized model must reach: the floor, raised to the base model's full-prompt score
+    when `vs_full_prompt` (the query-only model may not be worse than the prompt it replaces)."""
+    reference = scores.get("base_full_prompt") if vs_full_prompt else None
+    return max(threshold, reference[metric]) if reference else threshold
+
+
 def gate_passes(scores: dict[str, float], metric: str, threshold: float) -> bool:
     if metric not in scores:
         raise ValueError(f"gate metric {metric!r} was not computed (scores: {', '.join(scores)})")

@@ -34,7 +34,7 @@ from internalizer.dataset import (
     prompt_ids,
     render_stage_messages,
 )
-from internalizer.evaluate import gate_passes, score
+from internalizer.evaluate import gate_bar, gate_passes, score
 from internalizer.export import export_model, open_llama
 from internalizer.retrieve import ExampleRetriever
 from internalizer.schedule import Stage, build_stages
@@ -263,17 +263,16 @@ def internalize(
         if exported.adapter_path:
             exported.adapter_path.unlink(missing_ok=True)
         raise
-    passed = gate_passes(scores["internalized"], cfg.gate_metric, cfg.gate_threshold)
+    bar = gate_bar(scores, cfg.gate_metric, cfg.gate_threshold, cfg.gate_vs_full_prompt)
+    passed = gate_passes(scores["internalized"], cfg.gate_metric, bar)
     status = "candidate"
     notes = []
     if passed and cfg.activate:
         registry.activate(db, model_id)
         status = "active"
     elif not passed:
-        notes.append(
-            f"gate: {cfg.gate_metric} {scores['internalized'][cfg.gate_metric]:.3f} < {cfg.gate_threshold}; "
-            "kept as candidate"
-        )
+        ours = scores["internalized"][cfg.gate_metric]
+        notes.append(f"gate: {cfg.gate_metric} {ours:.3f} < {bar:.3f}; kept as candidate")
     result = JobResult(
         template_id=template_id,
         model_id=model_id,

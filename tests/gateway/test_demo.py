@@ -111,6 +111,11 @@ def test_demo_quick_runs_the_whole_loop_offline(tmp_path):
         text=True,
     )
     assert done.returncode == 0, done.stderr[-3000:]
+    check_quick_loop(tmp_path / "home", done.stdout, done.stderr)
+
+
+def check_quick_loop(home: Path, out: str, err: str) -> None:
+    """What `demo --quick --gate-threshold 0` must leave in the log and print."""
     for step in (
         "== 1/4 replay",
         "== 2/4 nightly",
@@ -119,9 +124,9 @@ def test_demo_quick_runs_the_whole_loop_offline(tmp_path):
         "replaying",
         "stage 2/2",
     ):
-        assert step in done.stderr  # each step announced, progress bars for replay and training
+        assert step in err  # each step announced, progress bars for replay and training
 
-    db = open_db(tmp_path / "home" / "logs.db")
+    db = open_db(home / "logs.db")
     rows = list(db.query("SELECT * FROM requests ORDER BY startTime"))
     assert len(rows) == 12 + 3 and all(r["status"] == 200 for r in rows)
     (template,) = list(db.query("SELECT * FROM templates"))
@@ -143,7 +148,6 @@ def test_demo_quick_runs_the_whole_loop_offline(tmp_path):
     assert figures["requests"] == figures["routed"] == 3 and figures["fallbacks"] == 0
     assert figures["input_tokens_after"] == sum(r["prompt_tokens"] for r in fresh)
     assert figures["input_tokens_before"] == sum(r["counterfactual_prompt_tokens"] for r in fresh)
-    out = done.stdout
     assert f"{figures['input_tokens_before']:,} -> {figures['input_tokens_after']:,}" in out
     assert f"({figures['input_token_reduction_pct']:.1f}% fewer)" in out
     assert f"internalized, query only      chrF {scores['internalized']['chrf']:.3f}" in out

@@ -41,3 +41,13 @@ def test_score_and_gate():
     assert gate_passes(scores, "exact", 0.5) and not gate_passes(scores, "exact", 0.6)
     with pytest.raises(ValueError, match="unknown task metric"):
         score(["a"], ["a"], task_metric="sql")
+
+
+def test_gate_bar_is_the_floor_raised_to_the_full_prompt_score():
+    from internalizer.evaluate import gate_bar
+
+    scores = {"internalized": {"chrf": 0.29}, "base_full_prompt": {"chrf": 0.22}}
+    assert gate_bar(scores, "chrf", 0.2, vs_full_prompt=True) == 0.22
+    assert gate_bar(scores, "chrf", 0.3, vs_full_prompt=True) == 0.3
+    assert gate_bar(scores, "chrf", 0.1, vs_full_prompt=False) == 0.1
+    assert gate_bar({"internalized": {"chrf": 0.5}}, "chrf", 0.1, vs_full_prompt=True) == 0.1  # no reference

@@ -243,7 +243,9 @@ def demo(
             try:
                 nightly = run_nightly(settings, cfg, first.request_ids, train, targets, _say)
             except Exception as exc:
-                if type(exc).__name__ in _USER_ERRORS:
+                from internalizer.cli_train import USER_ERRORS
+
+                if type(exc).__name__ in USER_ERRORS:
                     raise CliError(f"nightly failed: {exc}".splitlines()[0]) from exc
                 raise
             timings["nightly"] = time.perf_counter() - clock - timings["replay"]
@@ -266,17 +268,6 @@ def demo(
     click.echo(format_loop_summary(nightly, savings, served, timings))
     if second.errors:
         raise CliError(f"{len(second.errors)} fresh requests failed; first: {second.errors[0]}")
-
-
-# The internalizer's errors a user can act on (the job raises them with one-line messages).
-_USER_ERRORS = (
-    "ConfigError",
-    "DatasetError",
-    "BaseModelError",
-    "TrainingError",
-    "ExportError",
-    "RegistryError",
-)
 
 
 def _say(message: str) -> None:

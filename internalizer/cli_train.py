@@ -15,7 +15,7 @@ from gateway.settings import Settings
 from gateway.store import open_db
 
 # Failures a user can act on; anything else is a bug and keeps its traceback.
-_USER_ERRORS = (
+USER_ERRORS = (
     "ConfigError",
     "DatasetError",
     "BaseModelError",
@@ -121,7 +121,7 @@ def _run_one(
     try:
         result = run_job(settings, template_id, cfg, labels_path=labels, progress=not as_json, say=say)
     except Exception as exc:
-        if type(exc).__name__ in _USER_ERRORS:
+        if type(exc).__name__ in USER_ERRORS:
             return {"template_id": template_id, "status": "failed", "error": _one_line(exc)}
         raise
     return asdict(result)

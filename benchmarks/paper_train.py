@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -61,7 +62,7 @@ class OverBudget(RuntimeError):
     """Training would not finish in the time left; nothing was trained."""
 
 
-EXPORT_SECONDS_GUESS = 150.0  # merge + 4-bit GGUF + llama.cpp check of a 135M model on 2 busy cores
+EXPORT_SECONDS_GUESS = 120.0  # merge + Q8_0 GGUF + llama.cpp check of a 135M model on 2 busy cores
 
 
 @dataclass
@@ -126,10 +127,9 @@ class Trainer:
         max_seconds: float = float("inf"),
     ) -> TrainedModel:
         # Same stages, requests and hyperparameters -> the same model: reuse it (and its checkpoints on disk).
-        identity = (
-            f"{spec.stages}|{n_train}|{dataclasses.replace(cfg, stages=0, schedule='linear').fingerprint()}"
-        )
-        run_name = f"{spec.key}-n{n_train}-{hashlib.sha256(identity.encode()).hexdigest()[:10]}"
+        common = f"{n_train}|{dataclasses.replace(cfg, stages=0, schedule='linear').fingerprint()}"
+        identity = f"{spec.stages}|{common}"
+        run_name = f"{spec.key}-n{n_train}-{_short_hash(identity)}"
         if identity in self._trained:
             return self._trained[identity]
         records = self.records[:n_train]
@@ -148,22 +148,32 @@ class Trainer:
             )
             stage_data.append(sequences)
             skipped.append(n_skipped)
+        # The served (query-only) stage trains final_stage_epochs, every other stage epochs_per_stage, so
+        # the full-prompt method and PromptIntern's first stage are the same training and are shared.
+        epochs = [cfg.final_stage_epochs if s.query_only else cfg.epochs_per_stage for s in spec.stages]
         run_dir = self.work_dir / "runs" / run_name
+        prefixes = [
+            self.work_dir / "stages" / _short_hash(f"{spec.stages[: i + 1]}|{epochs[: i + 1]}|{common}")
+            for i in range(len(spec.stages))
+        ]
+        reused = self._restore_stages(run_dir, prefixes)
         tokens = sum(
-            sum(len(s.input_ids) for s in sequences)
-            * (cfg.final_stage_epochs if last else cfg.epochs_per_stage)
-            for sequences, last in zip(stage_data, [False] * (len(stage_data) - 1) + [True], strict=True)
+            sum(len(s.input_ids) for s in sequences) * stage_epochs
+            for sequences, stage_epochs in list(zip(stage_data, epochs, strict=True))[reused:]
         )
         estimate = tokens / self.tokens_per_s + EXPORT_SECONDS_GUESS
         if estimate > max_seconds:
             raise OverBudget(
                 f"~{tokens:.0f} training tokens at {self.tokens_per_s:.0f} tok/s: ~{estimate / 60:.0f} min"
             )
+        if reused:
+            say(f"  reusing the first {reused} stage(s) from an earlier method with the same stages")
         model = lora_model(copy.deepcopy(self.base.model), cfg)
         started = time.perf_counter()
         results = train_stages(
-            model, stage_data, cfg, run_dir, self.base.tokenizer.pad_token_id, progress=False
+            model, stage_data, cfg, run_dir, self.base.tokenizer.pad_token_id, progress=False, epochs=epochs
         )
+        self._save_stages(run_dir, prefixes)
         train_seconds = time.perf_counter() - started
         trained_tokens = sum(r.train_tokens for r in results if not r.resumed)
         trained_seconds = sum(r.seconds for r in results if not r.resumed)
@@ -182,16 +192,44 @@ class Trainer:
             cfg.quant,
             verify,
             max_new_tokens=16,
-            min_agreement=0.0,  # a 4-bit file rarely matches float32 token for token; recorded, not gated
+            min_agreement=0.0,  # recorded, not gated: near-ties of a briefly trained model flip either way
         )
         self._trained[identity] = TrainedModel(
             key=spec.key,
             gguf_path=exported.gguf_path,
             stages=[asdict(r) | asdict(s) for r, s in zip(results, spec.stages, strict=True)],
-            train_seconds=round(train_seconds, 1),
+            train_seconds=round(sum(r.seconds for r in results), 1),  # shared stages count in full
             export_seconds=round(time.perf_counter() - started, 1),
             n_train=len(records),
             skipped_per_stage=skipped,
             verify_agreement=exported.verification.agreement,
         )
         return self._trained[identity]
+
+    @staticmethod
+    def _restore_stages(run_dir: Path, prefixes: list[Path]) -> int:
+        """Copy finished stages of an identical stage prefix into `run_dir`; the number available."""
+        reused = 0
+        for index, prefix in enumerate(prefixes, start=1):
+            target = run_dir / f"stage-{index}"
+            if not (target / "state.json").is_file():
+                if not (prefix / "state.json").is_file():
+                    break
+                shutil.rmtree(target, ignore_errors=True)
+                shutil.copytree(prefix, target)
+            reused = index
+        return reused
+
+    @staticmethod
+    def _save_stages(run_dir: Path, prefixes: list[Path]) -> None:
+        for index, prefix in enumerate(prefixes, start=1):
+            if not (prefix / "state.json").is_file():
+                tmp = prefix.with_name(prefix.name + ".tmp")
+                shutil.rmtree(tmp, ignore_errors=True)
+                shutil.copytree(run_dir / f"stage-{index}", tmp)
+                shutil.rmtree(prefix, ignore_errors=True)
+                tmp.rename(prefix)
+
+
+def _short_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:10]

@@ -11,9 +11,9 @@ the base model with the full prompt (instructions + 5 examples retrieved by Mini
 prompt compressed by token surprisal to 50% and 25%, and with 5 fixed examples whose prefix llama.cpp
 reuses from its KV cache; the model fine-tuned on the full prompt; fine-tuned on the query alone in one
 stage; and PromptIntern (progressive template compression and example absorption, served the query
-alone). Every local method runs on a Q4_1 GGUF in llama.cpp with n_threads = the cores given to this
-process and the same generation cap. Then the ablations (schedule, number of stages, training
-requests), each a PromptIntern model served the query alone.
+alone). Every local method runs on the same Q8_0 GGUF quantization in llama.cpp, with n_threads = the
+cores given to this process and the same generation cap. Then the ablations (schedule, number of
+stages, training requests), each a PromptIntern model served the query alone.
 
 Writes benchmarks/results/<dataset>.json (every figure), <dataset>.md (the table) and <dataset>_*.png
 (plots) after every finished method, so a run cut short leaves a file marked `"partial": true`.
@@ -75,31 +75,34 @@ CONFIGS: dict[str, RunConfig] = {
     "smoke": RunConfig(
         "smoke", n_pool=100, n_train=6, n_dev=2, n_dev_ablation=2, max_tokens=12, budget_min=30,
         train={"stages": 1, "epochs_per_stage": 1.0, "final_stage_epochs": 1.0, "batch_size": 2,
-               "seq_len": 1024},
+               "seq_len": 1024, "pack_tokens": 256},
         schedules=("exponential",), stage_counts=(1, 2), train_sizes=(6,),
     ),
+    # 100 training requests, 32 dev: PromptIntern's full-prompt stage (1 epoch, shared with the full-prompt
+    # method) costs ~10 min here, each query-only stage (3 epochs) ~3 min; the budget skips what won't fit.
     "cpu": RunConfig(
-        "cpu", n_pool=2000, n_train=24, n_dev=16, n_dev_ablation=16, max_tokens=32, budget_min=57,
-        train={"stages": 1, "epochs_per_stage": 1.0, "final_stage_epochs": 1.0, "batch_size": 2,
-               "seq_len": 1024},
+        "cpu", n_pool=2000, n_train=100, n_dev=32, n_dev_ablation=32, max_tokens=32, budget_min=57,
+        train={"stages": 1, "epochs_per_stage": 1.0, "final_stage_epochs": 3.0, "batch_size": 2,
+               "seq_len": 1024, "pack_tokens": 256, "lr": 2e-3},
         schedules=("linear", "exponential", "inverse-exponential"), stage_counts=(1, 2, 3, 4),
-        train_sizes=(24, 100, 300), schedule_stages=2,
+        train_sizes=(100, 300, 1000), schedule_stages=2,
     ),
     "full": RunConfig(
         "full", n_pool=0, n_train=1000, n_dev=0, n_dev_ablation=200, max_tokens=64, budget_min=600,
         train={"stages": 3, "epochs_per_stage": 1.0, "final_stage_epochs": 3.0, "batch_size": 8,
-               "seq_len": 1024},
+               "seq_len": 1024, "pack_tokens": 512},
         schedules=("linear", "exponential", "inverse-exponential"), stage_counts=(1, 2, 3, 4),
         train_sizes=(100, 300, 1000),
     ),
 }  # fmt: skip
 # Shared by every trained method: start PromptIntern where full-prompt fine-tuning is (whole template,
-# 5 examples); same quantization as the base GGUF.
+# 5 examples). Every local method, the base model included, runs on the same Q8_0 quantization: a merged
+# model re-quantized to 4 bits loses its fine-tuning (see the README), and Q8_0 evaluates prompts faster.
 TRAIN_DEFAULTS = {
     "template_ratio_start": 1.0,
     "examples_start": 5,
     "lr": 1e-3,
-    "quant": "q4_1",
+    "quant": "q8_0",
     "warmup_steps": 2,
 }
 
@@ -155,9 +158,10 @@ def run_dataset(
     prices = load_price_model(args.upstream_model, args.local_price_per_hour)
     pool, dev = load_records(task, rc)
     train_records = pool[: max([rc.n_train, *rc.train_sizes])]
-    base_gguf = smollm2_gguf_path()
     threads = cpu_threads()
     train_cfg = load_config(overrides={**TRAIN_DEFAULTS, **rc.train, "threads": threads})
+    base = load_base(smollm2_gguf_path())
+    base_gguf = _base_in_quant(base, work_dir, train_cfg.quant)
     results = Results(
         out_dir,
         task.name,
@@ -170,7 +174,7 @@ def run_dataset(
             "n_pool": len(pool),
             "n_threads": threads,
             "max_tokens": rc.max_tokens,
-            "quant": "Q4_1",
+            "quant": train_cfg.quant.upper(),
             "base_model": base_gguf.name,
             "metric_names": list(task.score(["x"], ["x"]).keys()),
             "primary_metric": task.primary_metric,
@@ -183,7 +187,6 @@ def run_dataset(
         f"{threads} threads"
     )
 
-    base = load_base(base_gguf)
     results.data["machine"]["training_device"] = str(next(base.model.parameters()).device)
     trainer = Trainer(task, base, train_records, work_dir / task.name, example_pool=pool)
     say("retrieving 5 examples per dev request (MiniLM + FAISS over the training pool)")
@@ -216,7 +219,7 @@ def run_dataset(
     add_upstream_costs(results, prices, static_tokens)
     runner.close()
 
-    # 2. Trained methods (cheapest first), each exported to a Q4_1 GGUF and served by llama.cpp.
+    # 2. Trained methods (cheapest first), each exported to a Q8_0 GGUF and served by llama.cpp.
     specs = [
         (query_only_spec(), query_only),
         (promptintern_spec("promptintern", train_cfg), query_only),
@@ -257,6 +260,19 @@ def run_dataset(
     return results
 
 
+def _base_in_quant(base, work_dir: Path, quant: str) -> Path:
+    """The base model re-written in the trained models' quantization (same metadata), written once."""
+    from internalizer.export import write_gguf
+
+    path = work_dir / f"base.{quant}.gguf"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        write_gguf(tmp, base.model, base, quant)
+        tmp.rename(path)
+    return path
+
+
 def _dev_shots(pool: list[Record], dev: list[Record]) -> list[list[Any]]:
     from internalizer.dataset import Example
     from internalizer.retrieve import ExampleRetriever
@@ -290,12 +306,15 @@ def _run_ablations(results, task, rc, train_cfg, trainer, dev, budget, n_ctx, th
     from benchmarks.paper_train import OverBudget, promptintern_spec, query_only_spec
 
     requests = [prompts.query_messages(r.query) for r in dev]
-    # Cheapest first: the points equal to a main run (stages 1 and 2, the main size) need no training.
-    points = [("stages", t, {"stages": t - 1}, rc.n_train) for t in rc.stage_counts]
-    points += [("train_size", n, {}, n) for n in rc.train_sizes]
-    points += [
+    # Cheapest first: the points equal to a main run (stages 1 and 2, the main size) need no training, and
+    # every PromptIntern variant reuses the shared full-prompt first stage; the costliest points come last.
+    stage_points = [("stages", t, {"stages": t - 1}, rc.n_train) for t in rc.stage_counts]
+    cheap = [p for p in stage_points if p[1] <= rc.schedule_stages + 1]
+    points = cheap + [
         ("schedule", s, {"schedule": s, "stages": rc.schedule_stages}, rc.n_train) for s in rc.schedules
     ]
+    points += [p for p in stage_points if p not in cheap]
+    points += [("train_size", n, {}, n) for n in rc.train_sizes]
     for kind, value, overrides, n_train in points:
         if n_train > len(trainer.records):
             results.skip(f"ablation {kind}={value}", f"only {len(trainer.records)} training requests loaded")

@@ -37,7 +37,10 @@ class InternalizeConfig:
     final_stage_epochs: float = 2.0  # the query-only stage is what gets served: train it longer
     steps_per_stage: int = 0  # > 0 overrides the epochs (tests, benchmarks)
     batch_size: int = 4  # packed rows per optimizer step
-    seq_len: int = 256  # tokens per packed row; longer examples lose shots first, then are skipped
+    seq_len: int = 256  # longest training sequence; longer examples lose shots first, then are skipped
+    # Tokens per packed row (0 = seq_len). Smaller rows give short query-only sequences more optimizer steps
+    # while long full-prompt sequences (up to seq_len) still fit, one per row.
+    pack_tokens: int = 0
     lr: float = 1e-3
     warmup_steps: int = 5
     lora_r: int = 8
@@ -83,6 +86,8 @@ class InternalizeConfig:
             raise ConfigError("eval_fraction must be within (0, 1)")
         if self.seq_len < 16 or self.batch_size < 1:
             raise ConfigError("seq_len must be >= 16 and batch_size >= 1")
+        if self.pack_tokens < 0:
+            raise ConfigError("pack_tokens must be >= 0 (0 = seq_len)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -91,8 +96,8 @@ class InternalizeConfig:
         """Short hash of everything that changes the trained weights (names a run directory)."""
         keys = (
             "base_model stages schedule template_ratio_start examples_start epochs_per_stage "
-            "final_stage_epochs steps_per_stage batch_size seq_len lr warmup_steps lora_r lora_alpha "
-            "lora_dropout lora_targets "
+            "final_stage_epochs steps_per_stage batch_size seq_len pack_tokens lr warmup_steps lora_r "
+            "lora_alpha lora_dropout lora_targets "
             "seed eval_fraction min_eval max_eval max_train"
         ).split()
         blob = json.dumps({k: getattr(self, k) for k in keys}, sort_keys=True)

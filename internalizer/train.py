@@ -50,13 +50,18 @@ class StageResult:
     resumed: bool = False
 
 
-def pack(sequences: list[Sequence], seq_len: int) -> list[list[Sequence]]:
-    """First-fit decreasing bin packing of sequences into rows of at most `seq_len` tokens."""
+def pack(sequences: list[Sequence], seq_len: int, row_tokens: int = 0) -> list[list[Sequence]]:
+    """First-fit decreasing bin packing of sequences into rows of at most `row_tokens` (default `seq_len`)
+    tokens; a sequence longer than `row_tokens` but within `seq_len` gets a row of its own."""
     rows: list[list[Sequence]] = []
     room: list[int] = []
     for seq in sorted(sequences, key=lambda s: len(s.input_ids), reverse=True):
         if len(seq.input_ids) > seq_len:
             raise TrainingError(f"a sequence of {len(seq.input_ids)} tokens does not fit seq_len={seq_len}")
+        if row_tokens and len(seq.input_ids) > row_tokens:
+            rows.append([seq])
+            room.append(0)
+            continue
         for i, free in enumerate(room):
             if free >= len(seq.input_ids):
                 rows[i].append(seq)
@@ -64,7 +69,7 @@ def pack(sequences: list[Sequence], seq_len: int) -> list[list[Sequence]]:
                 break
         else:
             rows.append([seq])
-            room.append(seq_len - len(seq.input_ids))
+            room.append((row_tokens or seq_len) - len(seq.input_ids))
     return rows
 
 
@@ -131,8 +136,12 @@ def train_stages(
     pad_id: int,
     progress: bool = True,
     accelerator: Accelerator | None = None,
+    epochs: list[float] | None = None,
 ) -> list[StageResult]:
-    """Train the LoRA `model` on each stage's sequences in turn; returns one result per stage."""
+    """Train the LoRA `model` on each stage's sequences in turn; returns one result per stage.
+
+    `epochs` gives each stage's epochs; by default the last stage gets `final_stage_epochs`, the others
+    `epochs_per_stage`."""
     accelerator = accelerator or Accelerator()
     if cfg.threads and accelerator.device.type == "cpu":
         torch.set_num_threads(cfg.threads)
@@ -150,10 +159,13 @@ def train_stages(
             raise TrainingError(f"stage {index} has no training sequence that fits seq_len={cfg.seq_len}")
 
         # Data: pack, then shuffle the rows with a per-stage seed (a resumed run sees the same order).
-        rows = pack(sequences, cfg.seq_len)
+        rows = pack(sequences, cfg.seq_len, cfg.pack_tokens)
         random.Random(cfg.seed * 1000 + index).shuffle(rows)
-        epochs = cfg.final_stage_epochs if index == len(stage_data) else cfg.epochs_per_stage
-        steps = cfg.steps_per_stage or max(1, math.ceil(epochs * len(rows) / cfg.batch_size))
+        if epochs is not None:
+            stage_epochs = epochs[index - 1]
+        else:
+            stage_epochs = cfg.final_stage_epochs if index == len(stage_data) else cfg.epochs_per_stage
+        steps = cfg.steps_per_stage or max(1, math.ceil(stage_epochs * len(rows) / cfg.batch_size))
         shard = accelerator.num_processes
         steps = math.ceil(steps / shard) * shard  # every process must run the same number of steps
         batches = [rows[(i * cfg.batch_size) % len(rows) :][: cfg.batch_size] for i in range(steps)]

@@ -29,6 +29,14 @@ def test_pack_fills_rows_without_splitting_sequences():
         pack([Sequence([1] * 65, [1] * 65)], 64)
 
 
+def test_pack_with_small_rows_keeps_long_sequences_whole():
+    seqs = [Sequence([1] * n, [-100] * n) for n in (700, 30, 30, 30, 30, 500)]
+    rows = pack(seqs, 1024, row_tokens=64)
+    lengths = sorted(sorted(len(s.input_ids) for s in row) for row in rows)
+    # The long sequences get a row each; the short ones share rows of at most 64 tokens.
+    assert lengths == [[30, 30], [30, 30], [500], [700]]
+
+
 def test_packed_rows_give_the_loss_of_separate_sequences(tiny_gguf):
     base = load_base(tiny_gguf)
     base.model.config._attn_implementation = "sdpa"

@@ -355,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     parser.add_argument("--work-dir", type=Path, default=Path.home() / ".cache" / "promptintern-bench")
     parser.add_argument("--budget-min", type=float, default=None, help="override the config's time budget")
+    parser.add_argument("--n-train", type=int, default=None, help="override the training requests")
     parser.add_argument(
         "--upstream-model", default="gpt-4o-mini", help="litellm cost-map name for API prices"
     )
@@ -364,6 +365,9 @@ def main(argv: list[str] | None = None) -> int:
     rc = CONFIGS[args.config]
     if args.budget_min is not None:
         rc = dataclasses.replace(rc, budget_min=args.budget_min)
+    if args.n_train is not None:
+        sizes = tuple(sorted({args.n_train, *rc.train_sizes}))
+        rc = dataclasses.replace(rc, n_train=args.n_train, train_sizes=sizes)
     datasets = list(TASKS) if args.dataset == "all" else [args.dataset]
     say(f"running config '{rc.name}' on {', '.join(datasets)}: {rc}")
     for name in datasets:

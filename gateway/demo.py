@@ -192,7 +192,7 @@ def announce(step: str) -> None:
     show_default=True,
     help="chrF floor the model needs (it must also match the full prompt's chrF).",
 )
-@click.option("--threads", default=1, show_default=True, help="Torch threads for training.")
+@click.option("--threads", default=0, show_default=True, help="Torch threads for training (0: all cores).")
 @click.option("--quick", is_flag=True, help="A tiny run (a few requests, a few steps) for tests.")
 @click.option("--examples", type=click.Choice(["fixed", "retrieved"]), default="fixed", show_default=True)
 @click.option("--layout", type=click.Choice(["turns", "inline"]), default="turns", show_default=True)

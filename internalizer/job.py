@@ -242,6 +242,7 @@ def internalize(
         scores["verification"] = {
             "agreement": exported.verification.agreement,
             "n": exported.verification.n,
+            "near_ties": exported.verification.n_near_tie,
             "adapter_agreement": exported.verification.adapter_agreement,
         }
         lap("evaluate")

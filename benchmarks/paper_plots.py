@@ -77,17 +77,26 @@ def plot_ablations(data: dict[str, Any], path: Path) -> Path | None:
         "stages": "number of stages (last = query-only)",
         "train_size": "training requests",
     }
+    # The primary metric moves in coarse steps on a small dev set; BLEU (where the task has it) is finer.
+    shown = [metric] + [m for m in ("bleu",) if m != metric and m in data.get("metric_names", [])]
     fig, axes = plt.subplots(1, len(ablations), figsize=(5 * len(ablations), 4), squeeze=False)
     for ax, (kind, rows) in zip(axes[0], ablations.items(), strict=True):
+        if kind != "schedule":  # numeric axes in order, whatever order the points were trained in
+            rows = sorted(rows, key=lambda row: float(row["value"]))
         values = [str(row["value"]) for row in rows]
-        scores = [row["metrics"].get(metric, 0.0) for row in rows]
-        if kind == "schedule":
-            ax.bar(values, scores, color="tab:orange")
-        else:
-            ax.plot(values, scores, marker="o", color="tab:orange")
+        width = 0.8 / len(shown)
+        for i, (name, color) in enumerate(zip(shown, ("tab:orange", "tab:gray"), strict=False)):
+            scores = [row["metrics"].get(name, 0.0) for row in rows]
+            if kind == "schedule":
+                xs = [x + (i - (len(shown) - 1) / 2) * width for x in range(len(values))]
+                ax.bar(xs, scores, width=width, color=color, label=name)
+            else:
+                ax.plot(range(len(values)), scores, marker="o", color=color, label=name)
+        ax.set_xticks(range(len(values)), values)
         ax.set_title(titles.get(kind, kind))
-        ax.set_ylabel(f"{metric} (%)")
+        ax.set_ylabel("score (%)")
         ax.set_ylim(bottom=0)
+        ax.legend(fontsize=8)
     fig.suptitle(f"PromptIntern ablations, query-only at inference: {_title(data)}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

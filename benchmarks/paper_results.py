@@ -116,21 +116,26 @@ def check_targets(results: Results, metric: str) -> None:
     """Issue 6's targets, each met or missed with the figures behind it, from the methods measured so far."""
     m = results.methods
     targets = {}
+    # Accuracy is judged on every metric of the task, not only the primary one: on a small dev set the
+    # primary metric moves in steps of 100/n points and two methods can tie on it while differing widely.
+    names = list(results.data.get("metric_names") or [metric])
     if "promptintern" in m and "ft_full" in m:
-        gap = m["ft_full"]["metrics"][metric] - m["promptintern"]["metrics"][metric]
-        ours, reference = m["promptintern"]["metrics"][metric], m["ft_full"]["metrics"][metric]
+        ours, reference = m["promptintern"]["metrics"], m["ft_full"]["metrics"]
+        gaps = {name: reference[name] - ours[name] for name in names}
         # Matching a fine-tune that learned nothing (scores 0) proves nothing: not counted as met.
-        vacuous = reference <= 0
+        vacuous = reference[metric] <= 0
         targets["accuracy within 1 point of full-prompt fine-tuning"] = {
-            "met": gap <= 1.0 and not vacuous,
-            "detail": f"{metric} {ours:.1f} vs {reference:.1f}"
+            "met": max(gaps.values()) <= 1.0 and not vacuous,
+            "detail": ", ".join(f"{n} {ours[n]:.1f} vs {reference[n]:.1f}" for n in names)
             + (" (not meaningful: the full-prompt fine-tune scores 0)" if vacuous else ""),
         }
-    if "promptintern" in m and "base_compressed_50" in m:
-        best = max(m[k]["metrics"][metric] for k in ("base_compressed_50", "base_compressed_25") if k in m)
-        targets["far above the compressed-prompt baselines"] = {
-            "met": m["promptintern"]["metrics"][metric] > best,
-            "detail": f"{metric} {m['promptintern']['metrics'][metric]:.1f} vs best compressed {best:.1f}",
+    compressed = [k for k in ("base_compressed_50", "base_compressed_25") if k in m]
+    if "promptintern" in m and compressed:
+        ours = m["promptintern"]["metrics"]
+        best = {name: max(m[k]["metrics"][name] for k in compressed) for name in names}
+        targets["far above the compressed-prompt baselines (every metric)"] = {
+            "met": all(ours[name] > best[name] for name in names),
+            "detail": ", ".join(f"{n} {ours[n]:.1f} vs best compressed {best[n]:.1f}" for n in names),
         }
     if "promptintern" in m and "base_full" in m:
         pi, full = m["promptintern"]["perf"], m["base_full"]["perf"]
@@ -163,6 +168,16 @@ def check_targets(results: Results, metric: str) -> None:
         }
     results.data["targets"] = targets
     results.save()
+
+
+def retarget(json_path: Path, metric: str | None = None) -> Results:
+    """Re-check the targets of a finished results file and re-render its table (no re-run)."""
+    data = json.loads(Path(json_path).read_text())
+    results = Results(Path(json_path).parent, data["dataset"], {})
+    results.data = data
+    check_targets(results, metric or data["primary_metric"])
+    results.save(final=not data.get("partial", True))
+    return results
 
 
 def _jsonable(value: Any) -> Any:
@@ -234,3 +249,10 @@ def render_markdown(data: dict[str, Any]) -> str:
         lines += ["", "Skipped (time budget or errors):", ""]
         lines += [f"- {item['what']}: {item['why']}" for item in data["skipped"]]
     return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # python -m benchmarks.paper_results benchmarks/results/nl2bash.json
+    import sys
+
+    for argument in sys.argv[1:]:
+        print(retarget(Path(argument)).md_path)

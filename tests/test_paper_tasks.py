@@ -168,6 +168,29 @@ def test_markdown_marks_a_partial_run():
     assert "| PromptIntern | yes | query | 12.5 | 40.0 | 80 |" in text
 
 
+def test_accuracy_targets_judge_every_metric(tmp_path):
+    def method(template_match: float, bleu: float) -> dict:
+        perf = {"mean_input_tokens": 50.0, "latency_p50_ms": 100.0, "mean_output_tokens": 10.0}
+        return {"metrics": {"template_match": template_match, "bleu": bleu}, "perf": perf}
+
+    results = Results(tmp_path, "nl2bash", {"metric_names": ["template_match", "bleu"]})
+    for key, entry in (
+        ("promptintern", method(6.25, 13.5)),
+        ("ft_full", method(6.25, 22.6)),
+        ("base_compressed_50", method(0.0, 11.1)),
+    ):
+        results.add_method(key, entry)
+    check_targets(results, "template_match")
+    targets = results.data["targets"]
+    # A tie on the coarse primary metric is not "within 1 point" when BLEU is 9 points behind.
+    accuracy = targets["accuracy within 1 point of full-prompt fine-tuning"]
+    assert not accuracy["met"] and "bleu 13.5 vs 22.6" in accuracy["detail"]
+    assert targets["far above the compressed-prompt baselines (every metric)"]["met"]
+    results.add_method("ft_full", method(6.25, 14.0))
+    check_targets(results, "template_match")
+    assert results.data["targets"]["accuracy within 1 point of full-prompt fine-tuning"]["met"]
+
+
 @pytest.mark.slow  # two full prompts through the real 135M model: a minute on a busy 2-core machine
 def test_llama_runner_measures_real_requests():
     pytest.importorskip("llama_cpp")

@@ -1,7 +1,8 @@
 """Gateway overhead: added latency and max throughput, against the upstream called directly and LiteLLM proxy.
 
-Every target sits in front of the same fixed-latency OpenAI-compatible server (gateway.fake_upstream, its
-own process, 50 ms by default) on loopback, and all are measured in the same run with the same requests:
+Every target sits in front of the same fixed-latency OpenAI-compatible server
+(tests/support/fake_upstream.py, its own process, 50 ms by default) on loopback, and all are measured in the
+same run with the same requests:
 
   direct           the fake upstream itself (the floor)
   gateway-direct   `promptintern serve`, logging on, model with transport "direct" (pooled HTTP pass-through)
@@ -45,8 +46,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.gateway_overhead_report import MODES, write_markdown, write_plot  # noqa: E402
-from gateway.fake_upstream import FakeUpstreamProcess, bind_free_socket  # noqa: E402
-from gateway.nl2bash_app import build_requests  # noqa: E402
+from demo.nl2bash_app import build_requests  # noqa: E402
+from gateway.loopback import bind_free_socket  # noqa: E402
+from tests.support.fake_upstream import FakeUpstreamProcess  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 BIN = Path(sys.executable).parent
@@ -340,7 +342,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         os.sched_setaffinity(0, set(cpus[:-1]))  # the client, and the fake upstream started below
     requests = build_requests(50, seed=0)
     bodies = [r.body("x", max_tokens=64) for r in requests]
-    from gateway.savings import estimate_prompt_tokens
+    from gateway.accounting.savings import estimate_prompt_tokens
 
     prompt_tokens = round(
         float(np.mean([estimate_prompt_tokens("gpt-4o-mini", b["messages"]) for b in bodies]))

@@ -33,10 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from peft import PeftModel  # noqa: E402
 
-from gateway.nl2bash_app import NL2BashApp, iter_requests, load_pairs  # noqa: E402
-from gateway.query_format import query_only_messages  # noqa: E402
+from demo.nl2bash_app import NL2BashApp, iter_requests, load_pairs  # noqa: E402
+from gateway.log.store import open_db  # noqa: E402
 from gateway.settings import load_settings  # noqa: E402
-from gateway.store import open_db  # noqa: E402
+from gateway.templates.query_format import query_only_messages  # noqa: E402
 from internalizer.base import load_base, resolve_base_path  # noqa: E402
 from internalizer.config import load_config, parse_overrides  # noqa: E402
 from internalizer.dataset import load_template_data, prompt_ids  # noqa: E402
@@ -201,7 +201,7 @@ def main() -> None:
         home = Path(tmp) / "home"
         os.environ["PROMPTINTERN_HOME"] = str(home)
         if args.quick:
-            from internalizer.tiny_model import build_tiny_gguf
+            from tests.support.tiny_model import build_tiny_gguf
 
             pairs = [(p.nl, p.cmd) for p in load_pairs("train") if len(p.nl) < 70 and len(p.cmd) < 35][:300]
             os.environ["PROMPTINTERN_BASE_MODEL"] = str(

@@ -32,8 +32,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gateway.matcher import Matcher  # noqa: E402
-from gateway.store import open_db  # noqa: E402
+from gateway.log.store import open_db  # noqa: E402
+from gateway.templates.matcher import Matcher  # noqa: E402
 from internalizer.mine import MineConfig, mine  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"

@@ -5,7 +5,7 @@ query by MiniLM + FAISS, or the same 5 for every query) as the system message, t
 turn. It is rendered by the internalizer's own stage renderer, so the model fine-tuned on full prompts is
 served exactly the format it was trained on. A compressed prompt is LLMLingua-style: everything but the
 query pruned by the base model's token surprisal to a ratio. The query-only prompt is the internalized
-model's format (gateway/query_format.py), shared with training and serving.
+model's format (gateway/templates/query_format.py), shared with training and serving.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import random
 from collections.abc import Sequence
 
 from benchmarks.paper_tasks import Record, Task
-from gateway.query_format import query_only_messages
+from gateway.templates.query_format import query_only_messages
 from internalizer.dataset import Example, render_stage_messages
 
 Messages = list[dict[str, str]]

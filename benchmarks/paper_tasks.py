@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.paper_metrics import conala_scores, nl2bash_scores, tldr_scores
-from gateway.nl2bash_app import SYSTEM_PROMPT as NL2BASH_INSTRUCTIONS
+from demo.nl2bash_app import SYSTEM_PROMPT as NL2BASH_INSTRUCTIONS
 
 DATA_ROOT = Path(__file__).resolve().parents[1] / "data"
 

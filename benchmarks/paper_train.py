@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.paper_tasks import Record, Task
-from gateway.query_format import query_only_messages
+from gateway.templates.query_format import query_only_messages
 from internalizer.base import BaseModel
 from internalizer.compress import compress_text
 from internalizer.config import InternalizeConfig

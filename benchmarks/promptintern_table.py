@@ -150,7 +150,7 @@ def run_dataset(
         promptintern_spec,
         query_only_spec,
     )
-    from gateway.base_model import smollm2_gguf_path
+    from gateway.upstream.base_model import smollm2_gguf_path
     from internalizer.base import load_base
     from internalizer.config import load_config
 

@@ -45,16 +45,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # the same threading policy: spinning OpenMP threads starve each other on a shared, busy machine.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from demo.nl2bash_app import NL2BashApp, load_pairs  # noqa: E402
 from gateway.app import create_app  # noqa: E402
-from gateway.base_model import smollm2_gguf_path  # noqa: E402
-from gateway.fake_upstream import FakeUpstreamProcess, serve_in_thread  # noqa: E402
-from gateway.matcher import Matcher  # noqa: E402
-from gateway.nl2bash_app import NL2BashApp, load_pairs  # noqa: E402
-from gateway.routes_store import set_route  # noqa: E402
+from gateway.log.store import open_db  # noqa: E402
+from gateway.loopback import serve_in_thread  # noqa: E402
+from gateway.routing.routes_store import set_route  # noqa: E402
 from gateway.settings import Settings, UpstreamModel  # noqa: E402
-from gateway.store import open_db  # noqa: E402
+from gateway.templates.matcher import Matcher  # noqa: E402
+from gateway.upstream.base_model import smollm2_gguf_path  # noqa: E402
 from internalizer.mine import mine  # noqa: E402
 from internalizer.registry import register  # noqa: E402
+from tests.support.fake_upstream import FakeUpstreamProcess  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 MODEL_ID = "m-bench-internalized"

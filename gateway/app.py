@@ -1,8 +1,9 @@
 """The gateway's FastAPI app: `create_app(settings)`, with all state built in the lifespan.
 
 Lifespan: open the request log (writer thread), register the configured models (or start the embedded
-llama.cpp server when there are none), build the upstream clients, start the router (gateway/router.py:
-mined templates served by local models, with its local backend); on shutdown, undo it all in reverse.
+llama.cpp server when there are none), build the upstream clients, start the router
+(gateway/routing/router.py: mined templates served by local models, with its local backend); on shutdown,
+undo it all in reverse.
 """
 
 from __future__ import annotations
@@ -17,21 +18,21 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from gateway.auth import Authenticator
-from gateway.backends import ChooseBackend, ModelRegistry, choose_backend
-from gateway.chat import chat_completions
-from gateway.dashboard import router as dashboard_router
-from gateway.embedded import EmbeddedServer
-from gateway.errors import GatewayError, install_error_handlers
-from gateway.local_backend import make_local_backend
-from gateway.log_writer import LogWriter
-from gateway.metrics import GatewayMetrics
-from gateway.pricing import Pricer
-from gateway.router import Router
-from gateway.savings import estimate_prompt_tokens
+from gateway.accounting.pricing import Pricer
+from gateway.accounting.savings import estimate_prompt_tokens
+from gateway.api.auth import Authenticator
+from gateway.api.backends import ChooseBackend, ModelRegistry, choose_backend
+from gateway.api.chat import chat_completions
+from gateway.api.dashboard import router as dashboard_router
+from gateway.api.errors import GatewayError, install_error_handlers
+from gateway.api.metrics import GatewayMetrics
+from gateway.local.factory import make_local_backend
+from gateway.log.writer import LogWriter
+from gateway.routing.router import Router
 from gateway.settings import Settings, UpstreamModel
 from gateway.state import Gateway
-from gateway.upstream import Upstream
+from gateway.upstream.client import Upstream
+from gateway.upstream.embedded import EmbeddedServer
 
 log = logging.getLogger("promptintern.gateway")
 

@@ -91,7 +91,7 @@ class Settings(BaseSettings):
     # Added for the gateway server (issue 2): seconds to wait for the embedded llama.cpp server to be healthy.
     embedded_start_timeout_s: float = 120.0
 
-    # Added for local serving of internalized models (issue 5, gateway/local_pool.py).
+    # Added for local serving of internalized models (issue 5, gateway/local/pool.py).
     # "llama_cpp" = in-process llama.cpp; "remote" = an OpenAI-compatible server (llama.cpp server, vLLM)
     # at local_api_base serving each model under its model id.
     local_backend: Literal["llama_cpp", "remote"] = "llama_cpp"
@@ -109,8 +109,9 @@ class Settings(BaseSettings):
     base_model: str | None = None
     internalize_config: Path | None = None
 
-    # Added for routing (issue 5, gateway/router.py). router_enabled False = every request goes upstream
-    # unmatched (no matcher on the request path). router_poll_s: how often templates/routes are re-read.
+    # Added for routing (issue 5, gateway/routing/router.py). router_enabled False = every request goes
+    # upstream unmatched (no matcher on the request path). router_poll_s: how often templates/routes are
+    # re-read.
     router_enabled: bool = True
     router_poll_s: float = 0.5
     # The price the counterfactual (full prompt upstream) is charged at when the upstream is itself local

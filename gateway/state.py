@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from gateway.auth import Authenticator
-from gateway.backends import ChooseBackend, ModelRegistry
-from gateway.local_tokens import TokenCounters
-from gateway.log_writer import LogWriter
-from gateway.metrics import GatewayMetrics
-from gateway.pricing import Pricer
-from gateway.router import Router
+from gateway.accounting.pricing import Pricer
+from gateway.api.auth import Authenticator
+from gateway.api.backends import ChooseBackend, ModelRegistry
+from gateway.api.metrics import GatewayMetrics
+from gateway.local.tokens import TokenCounters
+from gateway.log.writer import LogWriter
+from gateway.routing.router import Router
 from gateway.settings import Settings
-from gateway.upstream import Upstream
+from gateway.upstream.client import Upstream
 
 
 @dataclass

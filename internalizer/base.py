@@ -39,7 +39,7 @@ def resolve_base_path(settings: Settings, override: str | None = None) -> Path:
     chosen = override or getattr(settings, "base_model", None)
     if chosen:
         return Path(chosen).expanduser()
-    from gateway.base_model import BaseModelMissing, smollm2_gguf_path
+    from gateway.upstream.base_model import BaseModelMissing, smollm2_gguf_path
 
     try:
         return smollm2_gguf_path()

@@ -11,7 +11,7 @@ import click
 import sqlite_utils
 
 from gateway.cli import CliError, get_settings
-from gateway.store import open_db
+from gateway.log.store import open_db
 
 SLOT_MARKER = re.compile(r"\{\{[A-Za-z_][A-Za-z0-9_]*\}\}")
 ROLE_HEADER = re.compile(r"^\[(system|user|assistant)\]$", re.MULTILINE)
@@ -174,8 +174,8 @@ def show(ctx: click.Context, template_id: str, as_json: bool, n_requests: int) -
 @click.pass_context
 def match(ctx: click.Context, file: Path, as_json: bool) -> None:
     """Match the requests of FILE.jsonl (the `import` formats) against the mined templates, in order."""
-    from gateway.importer import ImportFileError, iter_records
-    from gateway.matcher import Matcher
+    from gateway.log.importer import ImportFileError, iter_records
+    from gateway.templates.matcher import Matcher
 
     db = _open(ctx)
     try:

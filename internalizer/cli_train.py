@@ -11,8 +11,8 @@ import click
 import sqlite_utils
 
 from gateway.cli import CliError, get_settings
+from gateway.log.store import open_db
 from gateway.settings import Settings
-from gateway.store import open_db
 
 # Failures a user can act on; anything else is a bug and keeps its traceback.
 USER_ERRORS = (

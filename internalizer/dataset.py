@@ -18,7 +18,7 @@ from typing import Any
 
 import sqlite_utils
 
-from gateway.query_format import query_only_messages
+from gateway.templates.query_format import query_only_messages
 
 ROLE_HEADER = re.compile(r"^\[(system|user|assistant)\]\s*$", re.MULTILINE)
 MARKER = re.compile(r"\{\{([A-Za-z_][A-Za-z0-9_]*)\}\}")

@@ -18,9 +18,9 @@ from typing import Any
 
 from accelerate import Accelerator
 
-from gateway.query_format import query_only_messages
+from gateway.log.store import open_db
 from gateway.settings import Settings
-from gateway.store import open_db
+from gateway.templates.query_format import query_only_messages
 from internalizer import registry
 from internalizer.base import BaseModel, end_of_turn_id, load_base, resolve_base_path
 from internalizer.compress import compress_text

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import sqlite_utils
 
-from gateway.matcher import Matcher, Template, load_templates
-from gateway.request_shape import TURNS_ROLE, Shape, shape_of
+from gateway.templates.matcher import Matcher, Template, load_templates
+from gateway.templates.request_shape import TURNS_ROLE, Shape, shape_of
 from internalizer.mine_align import AlignConfig, AlignedRequest, ExampleInfo, MinedTemplate, Run, align_group
 from internalizer.mine_blocks import find_example_region
 from internalizer.mine_store import known_examples, load_requests, template_rows, write_tables

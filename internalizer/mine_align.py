@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from gateway.matcher import (
+from gateway.templates.matcher import (
     QUERY_SLOT,
     Examples,
     MessageSpec,
@@ -27,7 +27,7 @@ from gateway.matcher import (
     template_id,
     turn_raw,
 )
-from gateway.request_shape import TURNS_ROLE
+from gateway.templates.request_shape import TURNS_ROLE
 from internalizer.mine_blocks import MARKER, ExampleRegion
 
 LABEL_TAIL = re.compile(r"[:>] ((?:[A-Za-z0-9'-]+ ){1,4})$")

@@ -10,9 +10,9 @@ from datetime import UTC, datetime
 
 import sqlite_utils
 
-from gateway.matcher import MatchResult, Template
-from gateway.query_format import query_only_messages
-from gateway.request_shape import Message, chat_messages
+from gateway.templates.matcher import MatchResult, Template
+from gateway.templates.query_format import query_only_messages
+from gateway.templates.request_shape import Message, chat_messages
 from internalizer.mine_align import ExampleInfo
 
 MONTH_DAYS = 30.0

@@ -196,7 +196,7 @@ def test_llama_runner_measures_real_requests():
     pytest.importorskip("llama_cpp")
     from benchmarks.paper_llama import LlamaRunner
     from benchmarks.paper_prompts import fixed_shots, full_messages, query_messages
-    from gateway.base_model import smollm2_gguf_path
+    from gateway.upstream.base_model import smollm2_gguf_path
 
     task = TASKS["nl2bash"]
     dev = task.load("dev", limit=2, seed=0)

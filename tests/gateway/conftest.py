@@ -14,8 +14,9 @@ import openai
 import pytest
 
 from gateway.app import create_app
-from gateway.fake_upstream import FakeUpstream, bind_free_socket, serve_in_thread
+from gateway.loopback import bind_free_socket, serve_in_thread
 from gateway.settings import Settings, UpstreamModel
+from tests.support.fake_upstream import FakeUpstream
 
 UPSTREAM_KEY = "sk-upstream-secret-0123456789"
 

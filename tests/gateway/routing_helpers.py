@@ -17,11 +17,11 @@ from typing import Any
 import httpx
 import sqlite_utils
 
-from gateway.base_model import smollm2_gguf_path
-from gateway.nl2bash_app import NL2BashApp, load_pairs
-from gateway.routes_store import set_route
+from demo.nl2bash_app import NL2BashApp, load_pairs
+from gateway.log.store import open_db
+from gateway.routing.routes_store import set_route
 from gateway.settings import Settings, UpstreamModel
-from gateway.store import open_db
+from gateway.upstream.base_model import smollm2_gguf_path
 from internalizer.mine import mine
 from internalizer.registry import register
 from tests.gateway.conftest import RunningGateway, start_gateway

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import sqlite_utils
 
-from gateway.savings import actual_spend, counterfactual, upstream_spend
+from gateway.accounting.savings import actual_spend, counterfactual, upstream_spend
+from gateway.log.store import open_db
 from gateway.settings import Price
-from gateway.store import open_db
 
 PRICE = Price(input_cost_per_token=0.15e-6, output_cost_per_token=0.60e-6, cache_read_ratio=0.5)
 COST_PER_HOUR = 0.10

@@ -11,8 +11,8 @@ import httpx
 import openai
 import pytest
 
-from gateway.auth import Authenticator, key_id
-from gateway.errors import GatewayError
+from gateway.api.auth import Authenticator, key_id
+from gateway.api.errors import GatewayError
 from gateway.settings import Settings
 from tests.gateway.conftest import fake_models, start_gateway
 

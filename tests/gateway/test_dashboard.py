@@ -13,8 +13,8 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from gateway.dashboard import PAGE_FIGURES, router
-from gateway.fake_upstream import serve_in_thread
+from gateway.api.dashboard import PAGE_FIGURES, router
+from gateway.loopback import serve_in_thread
 from gateway.settings import Settings
 from tests.gateway import seed_log
 from tests.gateway.seed_log import DAY1, DAY2, NL2BASH

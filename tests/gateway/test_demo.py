@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from gateway.demo import demo_traffic, format_summary, log_summary, replay, running_gateway
-from gateway.demo_nightly import write_gold_labels
-from gateway.fake_upstream import reply_for
-from gateway.report import build_report
+from demo.loop import demo_traffic, format_summary, log_summary, replay, running_gateway
+from demo.nightly import write_gold_labels
+from gateway.accounting.report import build_report
+from gateway.log.store import open_db
 from gateway.settings import Settings, UpstreamModel
-from gateway.store import open_db
 from internalizer.dataset import load_labels
+from tests.support.fake_upstream import reply_for
 
 ROOT = Path(__file__).resolve().parents[2]
 

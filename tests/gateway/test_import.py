@@ -7,9 +7,9 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from gateway import savings
+from gateway.accounting import savings
 from gateway.cli import main
-from gateway.store import open_db
+from gateway.log.store import open_db
 
 
 def chat_line(user: str, answer: str, *, usage: bool = True, timestamp=None, model="gpt-4o-mini") -> dict:

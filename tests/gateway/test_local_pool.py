@@ -16,17 +16,17 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.base_model import smollm2_gguf_path
-from gateway.local_pool import (
+from gateway.local.factory import make_local_backend
+from gateway.local.pool import (
     LlamaPool,
     LocalError,
     LocalOverloaded,
     LocalTimeout,
-    make_local_backend,
     unsupported_params,
 )
-from gateway.local_remote import RemoteLocalBackend
+from gateway.local.remote import RemoteLocalBackend
 from gateway.settings import Settings
+from gateway.upstream.base_model import smollm2_gguf_path
 
 ASK = [{"role": "user", "content": "List the files in the current directory with bash."}]
 GREEDY = {"temperature": 0, "max_tokens": 6}

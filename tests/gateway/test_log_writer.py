@@ -8,8 +8,8 @@ import threading
 
 import pytest
 
-from gateway.log_writer import GATEWAY_COLUMNS, LogWriter, content_hash
-from gateway.store import open_db
+from gateway.log.store import open_db
+from gateway.log.writer import GATEWAY_COLUMNS, LogWriter, content_hash
 
 
 def make_row(i: int, **extra) -> dict:

@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from gateway.cli import main
-from gateway.store import open_db
+from gateway.log.store import open_db
 
 
 def run(*args: str):

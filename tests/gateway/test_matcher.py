@@ -7,7 +7,8 @@ import random
 
 import pytest
 
-from gateway.matcher import (
+from gateway.log.store import open_db
+from gateway.templates.matcher import (
     Examples,
     Matcher,
     MessageSpec,
@@ -18,7 +19,6 @@ from gateway.matcher import (
     template_id,
     turn_raw,
 )
-from gateway.store import open_db
 from internalizer.mine import mine
 from tests.internalizer.mine_traffic import add_requests, nl2bash
 

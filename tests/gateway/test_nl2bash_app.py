@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from gateway.nl2bash_app import (
+from demo.nl2bash_app import (
     INLINE_INTRO,
     SYSTEM_PROMPT,
     NL2BashApp,

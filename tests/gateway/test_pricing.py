@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.pricing import Pricer, Usage, token_cost
+from gateway.accounting.pricing import Pricer, Usage, token_cost
 from gateway.settings import Price, Settings, UpstreamModel
 
 USAGE = Usage(prompt_tokens=1000, completion_tokens=100, cached_prompt_tokens=400)

@@ -8,9 +8,9 @@ from datetime import UTC, datetime
 import pytest
 from click.testing import CliRunner
 
+from gateway.accounting.report import build_report, parse_since, percentile
+from gateway.accounting.savings import local_compute_cost, upstream_spend
 from gateway.cli import main
-from gateway.report import build_report, parse_since, percentile
-from gateway.savings import local_compute_cost, upstream_spend
 from tests.gateway import seed_log
 from tests.gateway.seed_log import DAY1, DAY2, NL2BASH, PRICE, SQL
 
@@ -116,7 +116,7 @@ def test_percentile_matches_linear_interpolation():
 
 
 def test_empty_log_gives_an_empty_report(tmp_path):
-    from gateway.store import open_db
+    from gateway.log.store import open_db
 
     empty = build_report(open_db(tmp_path / "logs.db"), local_cost_per_hour=0.1)
     assert empty["totals"]["requests"] == 0 and empty["totals"]["routed_share"] is None

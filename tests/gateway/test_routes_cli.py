@@ -8,14 +8,14 @@ import pytest
 from click.testing import CliRunner
 
 from gateway.cli import main
-from gateway.routes_store import (
+from gateway.log.store import open_db
+from gateway.routing.routes_store import (
     RouteError,
     load_routes,
     routes_changed,
     routes_fingerprint,
     set_route,
 )
-from gateway.store import open_db
 from tests.gateway import seed_log
 from tests.gateway.seed_log import NL2BASH, SQL
 

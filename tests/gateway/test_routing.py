@@ -11,8 +11,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from gateway.fake_upstream import FakeUpstream
-from gateway.routes_store import route_off
+from gateway.routing.routes_store import route_off
 from internalizer.mine import mine
 from internalizer.registry import retire
 from tests.gateway.conftest import RunningGateway
@@ -30,6 +29,7 @@ from tests.gateway.routing_helpers import (
     with_db,
 )
 from tests.internalizer.mine_traffic import add_requests
+from tests.support.fake_upstream import FakeUpstream
 
 MODEL_ID = "m-internal"
 
@@ -216,7 +216,7 @@ def test_retiring_or_deleting_the_model_stops_local_traffic_immediately(gw, temp
         lambda: (ids := [m.id for m in gw.client().models.list().data]) and MODEL_ID not in ids and ids,
         what="the deleted model to leave /v1/models",
     )
-    from gateway.base_model import smollm2_gguf_path
+    from gateway.upstream.base_model import smollm2_gguf_path
 
     add_model(db_path, template_id, MODEL_ID, smollm2_gguf_path())
     route(db_path, template_id, mode="active", model_id=MODEL_ID)

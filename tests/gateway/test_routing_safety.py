@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from gateway.base_model import smollm2_gguf_path
+from gateway.upstream.base_model import smollm2_gguf_path
 from internalizer.registry import activate
 from tests.gateway.routing_helpers import (
     CLIENT_MODEL,

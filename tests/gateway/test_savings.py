@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.savings import (
+from gateway.accounting.savings import (
     actual_spend,
     counterfactual,
     estimate_prompt_tokens,

@@ -16,8 +16,9 @@ import httpx
 import openai
 import pytest
 
-from gateway.fake_upstream import FakeUpstream, bind_free_socket
+from gateway.loopback import bind_free_socket
 from tests.gateway.conftest import read_rows
+from tests.support.fake_upstream import FakeUpstream
 
 
 @pytest.fixture

@@ -15,8 +15,8 @@ import httpx
 import openai
 import pytest
 
-from gateway.base_model import smollm2_gguf_path
 from gateway.settings import Settings, UpstreamModel
+from gateway.upstream.base_model import smollm2_gguf_path
 from tests.gateway.conftest import start_gateway
 
 MODEL = "smollm2-135m-instruct"

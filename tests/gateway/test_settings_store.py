@@ -4,8 +4,8 @@ import sqlite3
 
 import pytest
 
+from gateway.log.store import MIGRATIONS, open_db
 from gateway.settings import load_settings
-from gateway.store import MIGRATIONS, open_db
 
 
 def test_env_overrides_file_and_flags_override_env(tmp_path, monkeypatch):

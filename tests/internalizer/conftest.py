@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from gateway.nl2bash_app import NL2BashApp, Pair, iter_requests, load_pairs
+from demo.nl2bash_app import NL2BashApp, Pair, iter_requests, load_pairs
+from gateway.log.store import open_db
 from gateway.settings import load_settings
-from gateway.store import open_db
 from internalizer.config import InternalizeConfig
 
 TINY_SYSTEM = "Translate the request into one bash command. Reply with the command only."
@@ -26,7 +26,7 @@ def short_pairs(n: int, split: str = "train") -> list[Pair]:
 @pytest.fixture(scope="session")
 def tiny_gguf(tmp_path_factory) -> Path:
     """A two-layer llama with a 512-token BPE vocabulary, pretrained briefly, as an F32 GGUF."""
-    from internalizer.tiny_model import build_tiny_gguf
+    from tests.support.tiny_model import build_tiny_gguf
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny matrices: one thread is faster than two contended ones

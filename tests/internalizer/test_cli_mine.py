@@ -8,7 +8,7 @@ import random
 from click.testing import CliRunner
 
 from gateway.cli import main
-from gateway.store import open_db
+from gateway.log.store import open_db
 from tests.internalizer.mine_traffic import add_requests, nl2bash, sys_user, user
 
 SHELL = (

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from gateway.store import open_db
+from gateway.log.store import open_db
 from internalizer.dataset import (
     DatasetError,
     Example,

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from gateway.cli import main
-from gateway.store import open_db
+from gateway.log.store import open_db
 from internalizer.base import BaseModelError
 from internalizer.export import ExportError
 from internalizer.job import internalize

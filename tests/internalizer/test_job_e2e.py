@@ -7,7 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from gateway.store import open_db
+from gateway.log.store import open_db
 from internalizer.job import internalize
 from tests.internalizer.conftest import fast_config
 

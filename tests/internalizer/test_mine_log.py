@@ -7,7 +7,7 @@ import sqlite3
 
 import pytest
 
-from gateway.store import open_db
+from gateway.log.store import open_db
 from internalizer.mine import MineConfig, mine
 from tests.internalizer.mine_traffic import add_requests, assigned, nl2bash, sys_user, user
 

@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from gateway.matcher import Matcher
-from gateway.store import open_db
+from gateway.log.store import open_db
+from gateway.templates.matcher import Matcher
 from internalizer.mine import mine
 from tests.internalizer.mine_traffic import add_requests, assigned, nl2bash, sys_user, user
 

@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from gateway.cli import main
+from gateway.log.store import open_db
 from gateway.settings import load_settings
-from gateway.store import open_db
 from internalizer import registry
 from tests.internalizer.conftest import fast_overrides
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.nl2bash_app import NL2BashApp, load_pairs
+from demo.nl2bash_app import NL2BashApp, load_pairs
+from gateway.log.store import open_db
 from gateway.settings import load_settings
-from gateway.store import open_db
 from internalizer.config import InternalizeConfig
 from internalizer.job import internalize
 from tests.internalizer.conftest import log_requests

@@ -1,0 +1,203 @@
+"""One request's journey through the gateway, as the log row it becomes.
+
+An `Exchange` is created when a request arrives and collects what the log needs as the request moves along
+(parse -> auth -> backend -> response); `row()` turns it into the `requests` row, with the timing figures:
+latency (end to end), overhead (gateway time, backend waits excluded) and time to first token.
+
+The `x-promptintern-overhead-ms` header is taken when the response starts, so for a JSON answer it includes
+the wait for the log commit, while the row's `overhead_ms` (computed to build the row) does not; for a
+stream the header covers the time up to the first chunk and the row covers the whole stream.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from gateway.accounting.pricing import Pricer, Usage
+from gateway.accounting.savings import Savings, local_compute_cost
+from gateway.api.errors import GatewayError
+from gateway.log.writer import content_hash
+from gateway.settings import UpstreamModel
+from gateway.state import Gateway
+from gateway.upstream.client import Timing
+
+log = logging.getLogger("promptintern.gateway")
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="microseconds")
+
+
+def usage_from(payload: dict[str, Any] | None) -> Usage | None:
+    """Token counts from an OpenAI `usage` object (None when the backend sent none)."""
+    if not isinstance(payload, dict):
+        return None
+    details = payload.get("prompt_tokens_details") or {}
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    return Usage(
+        prompt_tokens=int(payload.get("prompt_tokens") or 0),
+        completion_tokens=int(payload.get("completion_tokens") or 0),
+        cached_prompt_tokens=int(cached or 0),
+    )
+
+
+class Exchange:
+    def __init__(self, started_perf: float) -> None:
+        self.request_id = "req-" + uuid.uuid4().hex
+        # Wall-clock start, back-dated to when the request reached the gateway (the middleware's clock).
+        self.started_wall = time.time() - (time.perf_counter() - started_perf)
+        self.started_perf = started_perf
+        self.timing = Timing()
+        self.api_key_id: str | None = None
+        self.body: dict[str, Any] | None = None
+        self.model_requested: str | None = None
+        self.backend: UpstreamModel | None = None
+        self.route = "none"
+        self.template_id: str | None = None
+        self.stream = False
+        self.ttft_ms: float | None = None
+        self.response_text: str | None = None
+        self.finish_reason: str | None = None
+        self.usage: Usage | None = None
+        # Routing (gateway/routing/router.py): time spent waiting on a local model (not gateway overhead), the
+        # compute it used, why it was given up (a fallback), and the counterfactual accounting.
+        self.local_wait_s = 0.0
+        self.local_compute_s = 0.0
+        self.local_error: str | None = None
+        self.accounting: Callable[[Exchange], Awaitable[Savings | None]] | None = None
+        self.savings: Savings | None = None
+        self.after_log: Callable[[], None] | None = None  # run once the row is committed (shadow runs)
+
+    # ---- timing ----------------------------------------------------------------------------------------
+    def elapsed_ms(self) -> float:
+        return (time.perf_counter() - self.started_perf) * 1000
+
+    def overhead_ms(self, elapsed_ms: float | None = None) -> float:
+        """Time spent in the gateway itself so far: everything except waiting on the backend."""
+        elapsed_ms = self.elapsed_ms() if elapsed_ms is None else elapsed_ms
+        return max(0.0, elapsed_ms - (self.timing.backend_s + self.local_wait_s) * 1000)
+
+    def mark_first_token(self) -> None:
+        if self.ttft_ms is None:
+            self.ttft_ms = self.elapsed_ms()
+
+    def headers(self) -> dict[str, str]:
+        return {
+            "x-promptintern-route": self.route,
+            "x-promptintern-overhead-ms": f"{self.overhead_ms():.3f}",
+            "x-request-id": self.request_id,
+        }
+
+    # ---- the log row -----------------------------------------------------------------------------------
+    def row(
+        self, status: int, pricer: Pricer, error: str | None = None, error_code: str | None = None
+    ) -> dict:
+        body = self.body or {}
+        messages = body.get("messages")
+        params = {k: v for k, v in body.items() if k not in ("messages", "model")}
+        latency_ms = self.elapsed_ms()
+        backend = self.backend
+        usage = self.usage
+        spend = None
+        if self.route == "local":  # the local model's compute is the whole bill
+            spend = local_compute_cost(self.local_compute_s, pricer.settings.local_cost_per_hour)
+        elif backend is not None and (usage is not None or backend.local):
+            spend = pricer.spend(backend, usage or Usage(), self.timing.backend_s)
+        if self.route != "local" and self.local_compute_s:  # a fallback's wasted local compute counts
+            spend = (spend or 0.0) + local_compute_cost(
+                self.local_compute_s, pricer.settings.local_cost_per_hour
+            )
+        if self.local_error is not None and error is None:
+            error = f"fallback: {self.local_error}"
+        return {
+            "request_id": self.request_id,
+            "startTime": _iso(self.started_wall),
+            "endTime": _iso(self.started_wall + latency_ms / 1000),
+            "api_key_id": self.api_key_id,
+            "model": self.model_requested,
+            "model_served": backend.litellm_model if backend else None,
+            "api_base": _without_credentials(backend.api_base) if backend else None,
+            "route": self.route,
+            "messages": json.dumps(messages, ensure_ascii=False) if messages is not None else None,
+            "params": json.dumps(params, ensure_ascii=False) if self.body is not None else None,
+            "stream": int(self.stream),
+            "response": self.response_text,
+            "finish_reason": self.finish_reason,
+            "prompt_tokens": usage.prompt_tokens if usage else None,
+            "completion_tokens": usage.completion_tokens if usage else None,
+            "total_tokens": (usage.prompt_tokens + usage.completion_tokens) if usage else None,
+            "cached_prompt_tokens": usage.cached_prompt_tokens if usage else None,
+            "ttft_ms": self.ttft_ms,
+            "latency_ms": latency_ms,
+            "overhead_ms": self.overhead_ms(latency_ms),
+            "spend": spend,
+            "status": status,
+            "error": error,
+            "error_code": error_code,  # metrics only; not a column
+            "source": "gateway",
+            "content_hash": content_hash(messages, params, self.response_text)
+            if self.body is not None
+            else None,
+            "template_id": self.template_id,
+            "local_compute_s": self._local_compute_column(),
+            **(_counterfactual_columns(self.savings) if self.savings is not None else {}),
+        }
+
+    def _local_compute_column(self) -> float | None:
+        if self.route == "local":
+            return self.local_compute_s
+        upstream_local = self.backend is not None and self.backend.local
+        if not upstream_local and not self.local_compute_s:
+            return None
+        return (self.timing.backend_s if upstream_local else 0.0) + self.local_compute_s
+
+
+def _counterfactual_columns(savings: Savings) -> dict[str, Any]:
+    return {k: v for k, v in savings.as_columns().items() if k != "local_compute_s"}  # set by the route
+
+
+def _without_credentials(url: str | None) -> str | None:
+    """An address fit for the log: no user:password@, no query string (keys sometimes travel there)."""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def log_unavailable() -> GatewayError:
+    return GatewayError(
+        503, "The request log is unavailable; the request was not recorded.", code="log_unavailable"
+    )
+
+
+async def log_exchange(
+    gateway: Gateway, exchange: Exchange, status: int, error: GatewayError | None = None
+) -> bool:
+    """Commit the request's row (awaiting the group commit); False if the database refused it."""
+    if status == 200 and exchange.accounting is not None:
+        try:
+            exchange.savings = await exchange.accounting(exchange)
+        except Exception as exc:  # accounting never fails a request
+            log.error("request %s: savings not computed: %s", exchange.request_id, exc)
+    row = exchange.row(
+        status, gateway.pricer, error.message if error else None, error.code if error else None
+    )
+    try:
+        await gateway.writer.write(row)
+    except Exception as exc:
+        log.error("request %s not logged: %s", exchange.request_id, type(exc).__name__)
+        return False
+    finally:
+        gateway.metrics.observe(row)
+    if exchange.after_log is not None and status == 200:
+        exchange.after_log()
+    return True

@@ -1,0 +1,183 @@
+"""Relaying an SSE stream from the backend to the client, logging it before it ends.
+
+Content chunks go to the client as they arrive. The closing chunks (the one with `finish_reason`, the usage
+chunk) are held back until the request's row is committed, then sent with `[DONE]`: a client that saw the
+end of a stream can rely on its row being in the log. The backend is always asked for usage (so the log has
+token counts); the client gets the usage chunk only if it asked for it. A llama.cpp server sends no usage in
+streams: for a backend with a known GGUF the gateway counts the tokens itself, exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi.responses import Response, StreamingResponse
+
+from gateway.api.errors import GatewayError
+from gateway.api.exchange import Exchange, log_exchange, log_unavailable, usage_from
+from gateway.state import Gateway
+from gateway.upstream.client import Chunk, UpstreamError
+
+
+def sse(payload: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
+
+
+def _has_usage(body: dict[str, Any]) -> bool:
+    return bool(body.get("usage"))
+
+
+def _is_closing(body: dict[str, Any]) -> bool:
+    return _has_usage(body) or any(choice.get("finish_reason") for choice in body.get("choices") or ())
+
+
+async def stream_response(
+    gateway: Gateway, exchange: Exchange, body: dict[str, Any], include_usage: bool
+) -> Response:
+    """Open the backend stream (errors before its first chunk become ordinary error responses)."""
+    assert exchange.backend is not None
+    upstream_body = {**body, "stream_options": {**(body.get("stream_options") or {}), "include_usage": True}}
+    first, rest = await gateway.upstream.open_stream(exchange.backend, upstream_body, exchange.timing)
+    relay = StreamRelay(gateway, exchange, include_usage)
+    headers = {**exchange.headers(), "cache-control": "no-cache"}  # overhead so far; the log has the total
+    return StreamingResponse(relay.run(first, rest), media_type="text/event-stream", headers=headers)
+
+
+class StreamRelay:
+    def __init__(self, gateway: Gateway, exchange: Exchange, include_usage: bool) -> None:
+        self.gateway = gateway
+        self.exchange = exchange
+        self.include_usage = include_usage
+        self.pieces: list[str] = []
+        self.closing: list[Chunk] = []
+        self.envelope: dict[str, Any] = {}  # id/created/model of the stream, for a usage chunk we add
+        self.logged = False  # the row has been handed to the writer
+
+    async def run(self, first: Chunk, rest: AsyncIterator[Chunk]) -> AsyncIterator[bytes]:
+        try:
+            async for out in self._relay(first, rest):
+                yield out
+        finally:
+            if not self.logged:  # the client went away (cancellation) before the row was written
+                log_client_gone(self.gateway, self.exchange, self.pieces, rest)
+
+    async def _relay(self, first: Chunk, rest: AsyncIterator[Chunk]) -> AsyncIterator[bytes]:
+        exchange = self.exchange
+        error: GatewayError | None = None
+        chunk: Chunk | None = first
+        try:
+            while chunk is not None:
+                out = self._take(chunk)
+                if out is not None:
+                    yield out
+                started = time.perf_counter()
+                try:
+                    chunk = await anext(rest)
+                except StopAsyncIteration:
+                    chunk = None
+                finally:
+                    exchange.timing.backend_s += time.perf_counter() - started
+        except UpstreamError as exc:  # broke after it started: too late to retry or to change the status
+            error = exc
+        except Exception as exc:
+            assert exchange.backend is not None
+            error = self.gateway.upstream.map_error(exchange.backend, exc)
+        exchange.response_text = "".join(self.pieces)
+        if error is not None:
+            self.logged = True  # log_exchange queues the row before its first suspension
+            await log_exchange(self.gateway, exchange, error.status, error)
+            yield sse(error.body())  # the openai client raises this as an APIError
+            return
+        await self._count_local_tokens()
+        self.logged = True
+        if not await log_exchange(self.gateway, exchange, 200):
+            yield sse(log_unavailable().body())
+            return
+        for out in self._closing_bytes():
+            yield out
+        yield b"data: [DONE]\n\n"
+
+    def _take(self, chunk: Chunk) -> bytes | None:
+        """Record one chunk; return the bytes to send now (None: held back or not for the client)."""
+        body = chunk.body
+        if not self.envelope:
+            self.envelope = {k: body.get(k) for k in ("id", "created", "model", "system_fingerprint")}
+        for choice in body.get("choices") or ():
+            if choice.get("index", 0) != 0:
+                continue
+            content = (choice.get("delta") or {}).get("content")
+            if content:
+                self.pieces.append(content)
+                self.exchange.mark_first_token()
+            if choice.get("finish_reason"):
+                self.exchange.finish_reason = choice["finish_reason"]
+        if _has_usage(body):
+            self.exchange.usage = usage_from(body["usage"])
+        if _is_closing(body):
+            self.closing.append(chunk)
+            return None
+        return chunk.raw or sse(body)
+
+    async def _count_local_tokens(self) -> None:
+        """llama.cpp streams carry no usage (litellm then estimates one): count exactly with the GGUF."""
+        backend = self.exchange.backend
+        if backend is None or backend.gguf_path is None:
+            return
+        counter = self.gateway.token_counters.for_model(backend.gguf_path)
+        messages = (self.exchange.body or {}).get("messages") or []
+        self.exchange.usage = await asyncio.to_thread(
+            counter.count, messages, self.exchange.response_text or ""
+        )
+
+    def _usage_payload(self) -> dict[str, Any] | None:
+        usage = self.exchange.usage
+        if usage is None:
+            return None
+        payload: dict[str, Any] = {
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+        }
+        if usage.cached_prompt_tokens:
+            payload["prompt_tokens_details"] = {"cached_tokens": usage.cached_prompt_tokens}
+        return payload
+
+    def _closing_bytes(self) -> list[bytes]:
+        out: list[bytes] = []
+        usage_sent = False
+        for chunk in self.closing:
+            body = chunk.body
+            if not _has_usage(body):
+                out.append(chunk.raw or sse(body))
+                continue
+            if self.include_usage:
+                exact = self.exchange.backend is not None and self.exchange.backend.gguf_path is not None
+                out.append(sse({**body, "usage": self._usage_payload()}) if exact else chunk.raw or sse(body))
+                usage_sent = True
+                continue
+            # The gateway asked for usage for its log; the client did not: strip it, drop a usage-only chunk.
+            stripped = {k: v for k, v in body.items() if k != "usage"}
+            if any(c.get("finish_reason") for c in stripped.get("choices") or ()):
+                out.append(sse(stripped))
+        if self.include_usage and not usage_sent and self._usage_payload() is not None:
+            usage_chunk = {**self.envelope, "object": "chat.completion.chunk", "choices": []}
+            out.append(sse({**usage_chunk, "usage": self._usage_payload()}))
+        return out
+
+
+def log_client_gone(gateway: Gateway, exchange: Exchange, pieces: list[str], rest: AsyncIterator) -> None:
+    """The client went away mid-stream (cancellation): log what was sent without waiting, stop the backend."""
+    exchange.response_text = "".join(pieces)
+    gone = GatewayError(
+        499, "The client closed the connection before the stream ended.", code="client_closed"
+    )
+    row = exchange.row(499, gateway.pricer, gone.message, gone.code)
+    gateway.writer.submit(row)
+    gateway.metrics.observe(row)
+    aclose = getattr(rest, "aclose", None)
+    if aclose is not None:
+        asyncio.ensure_future(aclose())

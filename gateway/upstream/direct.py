@@ -1,0 +1,134 @@
+"""The lean pass-through for OpenAI-compatible upstreams: the client's body forwarded as is (only `model`
+rewritten) over one pooled HTTP client, the upstream's bytes returned as they came.
+
+The client is aiohttp's, not httpx's: against the same loopback server, one POST through a pooled
+`httpx.AsyncClient` took 2.3-3.4 ms p50 on this machine and through an `aiohttp.ClientSession` 0.9-1.1 ms
+(`/tmp`-style micro-benchmark, 300 sequential requests each, same process, uvloop), and this hop is most of
+what the gateway adds to a request. aiohttp is already installed as a litellm dependency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+
+from gateway.settings import Settings, UpstreamModel
+from gateway.upstream.errors import (
+    Chunk,
+    Reply,
+    Timing,
+    UpstreamError,
+    error_detail,
+    error_for_status,
+    timed_out,
+    unreachable,
+)
+
+
+def served_model_name(model: UpstreamModel) -> str:
+    """The model id an OpenAI-compatible server expects: the litellm string without its provider prefix."""
+    return model.litellm_model.split("/", 1)[1] if "/" in model.litellm_model else model.litellm_model
+
+
+class DirectTransport:
+    def __init__(self, settings: Settings, secrets: list[str]) -> None:
+        self.timeout_s = settings.upstream_timeout_s
+        self.secrets = secrets
+        self._session: aiohttp.ClientSession | None = None
+        # A whole JSON answer must arrive within the timeout; a stream may last longer, but no gap in it may.
+        self._json_timeout = aiohttp.ClientTimeout(total=self.timeout_s)
+        self._stream_timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=self.timeout_s, sock_read=self.timeout_s
+        )
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:  # created on first use, inside the running event loop
+            connector = aiohttp.TCPConnector(limit=512, limit_per_host=0, keepalive_timeout=30)
+            self._session = aiohttp.ClientSession(connector=connector, read_bufsize=2**20)
+        return self._session
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    def _prepare(self, model: UpstreamModel, body: dict[str, Any]) -> tuple[str, bytes, dict[str, str]]:
+        base = (model.api_base or "https://api.openai.com/v1").rstrip("/")
+        headers = {"content-type": "application/json"}
+        if model.api_key is not None:
+            headers["authorization"] = f"Bearer {model.api_key.get_secret_value()}"
+        payload = json.dumps({**body, "model": served_model_name(model)}).encode()
+        return f"{base}/chat/completions", payload, headers
+
+    async def complete(self, model: UpstreamModel, body: dict[str, Any], timing: Timing) -> Reply:
+        url, payload, headers = self._prepare(model, body)
+        started = time.perf_counter()
+        try:
+            async with self.session.post(
+                url, data=payload, headers=headers, timeout=self._json_timeout
+            ) as resp:
+                status, content = resp.status, await resp.read()
+        except Exception as exc:
+            raise self.map_error(exc) from None
+        finally:
+            timing.backend_s += time.perf_counter() - started
+        if status >= 400:
+            raise error_for_status(status, error_detail(content), self.secrets)
+        try:
+            parsed = json.loads(content)
+        except ValueError:
+            raise _bad_response("a response that is not JSON") from None
+        if not isinstance(parsed, dict):
+            raise _bad_response("a response that is not a JSON object")
+        return Reply(parsed, content)
+
+    async def stream(self, model: UpstreamModel, body: dict[str, Any]) -> AsyncIterator[Chunk]:
+        url, payload, headers = self._prepare(model, body)
+        try:
+            async with self.session.post(
+                url, data=payload, headers=headers, timeout=self._stream_timeout
+            ) as resp:
+                if resp.status >= 400:
+                    raise error_for_status(resp.status, error_detail(await resp.read()), self.secrets)
+                async for line in resp.content:
+                    if not line.startswith(b"data:"):
+                        continue  # blank separators, comments, `event:` lines
+                    data = line[5:].strip()
+                    if data == b"[DONE]":
+                        return
+                    try:
+                        parsed = json.loads(data)
+                    except ValueError:
+                        raise _bad_response("a stream chunk that is not JSON") from None
+                    yield Chunk(parsed, b"data: " + data + b"\n\n")
+        except UpstreamError:
+            raise
+        except Exception as exc:
+            raise self.map_error(exc) from None
+
+    def map_error(self, exc: BaseException) -> UpstreamError:
+        if isinstance(exc, UpstreamError):
+            return exc
+        if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
+            return timed_out(self.timeout_s)
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            return unreachable(self.secrets)
+        if isinstance(exc, aiohttp.ClientError):
+            return UpstreamError(
+                502,
+                f"Upstream connection broke: {type(exc).__name__}.",
+                code="upstream_error",
+                retryable=True,
+            )
+        return UpstreamError(
+            502, f"Upstream call failed: {type(exc).__name__}.", code="upstream_error", retryable=False
+        )
+
+
+def _bad_response(what: str) -> UpstreamError:
+    return UpstreamError(502, f"Upstream sent {what}.", code="upstream_bad_response", retryable=False)

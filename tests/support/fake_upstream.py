@@ -1,0 +1,333 @@
+"""A small, real OpenAI-compatible HTTP server for tests and benchmarks (a stand-in for a paid provider).
+
+It speaks `POST /v1/chat/completions` (JSON and SSE streaming with usage), `GET /v1/models` and
+`GET /health`, answers after a configurable fixed latency, and its content is deterministic: it echoes the
+last user message word by word, so a greedy request gives the same text streamed or not.
+
+Failure modes are chosen by the model name the request carries (so a gateway can point one configured
+model at each failure):
+  error-<status>   answers with that HTTP status and an OpenAI error object (error-500, error-429...)
+  hang             never answers (the caller's timeout fires)
+  midstream-error  streams two chunks, then drops the connection
+  slow-<ms>        answers after <ms> milliseconds instead of the configured latency
+  drip-<ms>        streams with <ms> milliseconds between chunks (for clients that leave mid-stream)
+  leak-key         a careless provider: a 500 whose message quotes the Authorization header it received
+
+Every request body it receives is kept (most recent last) and served at `GET /fake/requests`, so tests can
+check what the gateway forwarded (extra fields passed through, no gateway key leaked).
+
+Run it in this process (`FakeUpstream().start()` -> URL, in a thread) or in its own process
+(`start_fake_upstream_process()` or `python -m tests.support.fake_upstream --latency-ms 50`), on 127.0.0.1:0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from gateway.loopback import serve_in_thread
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+SYSTEM_FINGERPRINT = "fake-upstream"
+
+
+def count_tokens(text: str) -> int:
+    """The fake's tokenizer: whitespace words. Deterministic, which is all tests need."""
+    return len(text.split())
+
+
+def _message_text(message: dict[str, Any]) -> str:
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # content parts
+        return " ".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
+    return ""
+
+
+def reply_for(body: dict[str, Any]) -> tuple[list[str], str, dict[str, int]]:
+    """The words of the answer, its finish reason and its usage for one request body."""
+    messages = body.get("messages") or []
+    user_texts = [_message_text(m) for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+    words = ["echo:", *(user_texts[-1].split() if user_texts else [])]
+    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+    finish_reason = "stop"
+    if isinstance(max_tokens, int) and 0 < max_tokens < len(words):
+        words, finish_reason = words[:max_tokens], "length"
+    prompt_tokens = sum(count_tokens(_message_text(m)) for m in messages if isinstance(m, dict))
+    # A prompt this long is "cached" by the fake provider, so cached-token accounting has something to see.
+    cached = (prompt_tokens // 2) if prompt_tokens >= 64 else 0
+    usage = {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": len(words),
+        "total_tokens": prompt_tokens + len(words),
+        "prompt_tokens_details": {"cached_tokens": cached},
+    }
+    return words, finish_reason, usage
+
+
+def _join(words: list[str]) -> list[str]:
+    """Stream pieces whose concatenation is exactly the non-streamed content."""
+    return [word if i == 0 else " " + word for i, word in enumerate(words)]
+
+
+class FakeUpstream:
+    """The ASGI app plus the thread that serves it. `latency_s` is added before every answer."""
+
+    def __init__(self, latency_s: float = 0.0, keep_requests: int = 1000) -> None:
+        self.latency_s = latency_s
+        self.received: collections.deque[dict[str, Any]] = collections.deque(maxlen=keep_requests)
+        self.url: str | None = None
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+
+    # ---- serving -------------------------------------------------------------------------------------
+    def start(self) -> str:
+        """Serve on a free 127.0.0.1 port in a daemon thread; return the base URL (ending in /v1)."""
+        self._server, self._thread, port = serve_in_thread(self)
+        self.url = f"http://127.0.0.1:{port}/v1"
+        return self.url
+
+    def stop(self) -> None:
+        if self._server is not None and self._thread is not None:
+            self._server.should_exit = True
+            self._thread.join(timeout=10)
+
+    # ---- ASGI ----------------------------------------------------------------------------------------
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        method, path = scope["method"], scope["path"].rstrip("/")
+        if method == "GET" and path in ("/health", ""):
+            await _send_json(send, 200, {"status": "ok"})
+        elif method == "GET" and path == "/v1/models":
+            await _send_json(send, 200, {"object": "list", "data": [_model_card("fake")]})
+        elif method == "GET" and path == "/fake/requests":
+            await _send_json(send, 200, {"requests": list(self.received)})
+        elif method == "POST" and path == "/v1/chat/completions":
+            await self._chat(scope, receive, send)
+        else:
+            await _send_error(send, 404, f"no route {method} {path}", "not_found_error")
+
+    async def _chat(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raw = await _read_body(receive)
+        try:
+            body = json.loads(raw)
+            assert isinstance(body, dict)
+        except Exception:
+            await _send_error(send, 400, "body is not a JSON object", "invalid_request_error")
+            return
+        self.received.append(body)
+        model = str(body.get("model", ""))
+        latency = self.latency_s
+        if model.startswith("slow-"):
+            latency = float(model.removeprefix("slow-")) / 1000
+        if model == "hang":
+            await asyncio.sleep(3600)
+        if latency:
+            await asyncio.sleep(latency)
+        if model == "leak-key":
+            authorization = dict(scope["headers"]).get(b"authorization", b"").decode()
+            await _send_error(send, 500, f"invalid request with header {authorization}", "server_error")
+            return
+        if model.startswith("error-"):
+            status = int(model.removeprefix("error-"))
+            await _send_error(send, status, f"fake upstream failure {status}", "server_error")
+            return
+        words, finish_reason, usage = reply_for(body)
+        created = int(time.time())
+        completion_id = f"chatcmpl-fake{time.monotonic_ns()}"
+        if body.get("stream"):
+            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            await self._stream(
+                send, completion_id, created, model, words, finish_reason, usage, include_usage
+            )
+            return
+        await _send_json(
+            send,
+            200,
+            {
+                "id": completion_id,
+                "object": "chat.completion",
+                "created": created,
+                "model": model,
+                "system_fingerprint": SYSTEM_FINGERPRINT,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": "".join(_join(words))},
+                        "logprobs": None,
+                        "finish_reason": finish_reason,
+                    }
+                ],
+                "usage": usage,
+            },
+        )
+
+    async def _stream(
+        self,
+        send: Send,
+        completion_id: str,
+        created: int,
+        model: str,
+        words: list[str],
+        finish_reason: str,
+        usage: dict[str, int],
+        include_usage: bool,
+    ) -> None:
+        headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+
+        def chunk(delta: dict[str, Any], finish: str | None, usage_value: Any = None, choices: bool = True):
+            payload: dict[str, Any] = {
+                "id": completion_id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "system_fingerprint": SYSTEM_FINGERPRINT,
+                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
+                if choices
+                else [],
+            }
+            if include_usage:
+                payload["usage"] = usage_value
+            return {"type": "http.response.body", "body": _sse(payload), "more_body": True}
+
+        await send(chunk({"role": "assistant", "content": ""}, None))
+        for i, piece in enumerate(_join(words)):
+            if model == "midstream-error" and i == 2:
+                raise ConnectionResetError("fake upstream drops the stream")  # uvicorn closes the socket
+            if model.startswith("drip-"):
+                await asyncio.sleep(float(model.removeprefix("drip-")) / 1000)
+            await send(chunk({"content": piece}, None))
+        await send(chunk({}, finish_reason))
+        if include_usage:
+            await send(chunk({}, None, usage_value=usage, choices=False))
+        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
+
+
+def _model_card(model_id: str) -> dict[str, Any]:
+    return {"id": model_id, "object": "model", "created": 0, "owned_by": "fake-upstream"}
+
+
+def _sse(payload: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+
+
+async def _read_body(receive: Receive) -> bytes:
+    parts = []
+    while True:
+        message = await receive()
+        parts.append(message.get("body", b""))
+        if not message.get("more_body"):
+            return b"".join(parts)
+
+
+async def _send_json(send: Send, status: int, payload: dict[str, Any]) -> None:
+    body = json.dumps(payload).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _send_error(send: Send, status: int, message: str, error_type: str) -> None:
+    error = {"message": message, "type": error_type, "param": None, "code": str(status)}
+    await _send_json(send, status, {"error": error})
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+class FakeUpstreamProcess:
+    """The fake in its own process (so a benchmark's client and gateway do not share its GIL)."""
+
+    def __init__(self, latency_ms: float = 0.0) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.support.fake_upstream", "--latency-ms", str(latency_ms)],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=REPO_ROOT,  # `tests` is a package of the checkout, not of the installed product
+        )
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline().strip()  # the URL, once it serves
+        if not line.startswith("http://"):
+            self.process.kill()
+            raise RuntimeError(f"fake upstream failed to start: {line!r}")
+        self.url = line
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+    def __enter__(self) -> FakeUpstreamProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start_fake_upstream_process(latency_ms: float = 0.0) -> FakeUpstreamProcess:
+    """Start the fake in a subprocess on 127.0.0.1:0; `.url` is its base URL, `.stop()` ends it."""
+    return FakeUpstreamProcess(latency_ms)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--latency-ms", type=float, default=0.0)
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args(argv)
+    fake = FakeUpstream(latency_s=args.latency_ms / 1000)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", args.port))
+    config = uvicorn.Config(fake, log_level="warning", lifespan="on", access_log=False)
+    server = uvicorn.Server(config)
+
+    async def announce_when_started() -> None:
+        while not server.started:
+            await asyncio.sleep(0.01)
+        print(f"http://127.0.0.1:{sock.getsockname()[1]}/v1", flush=True)
+
+    async def run() -> None:
+        announcer = asyncio.create_task(announce_when_started())
+        await server.serve(sockets=[sock])
+        announcer.cancel()
+
+    try:  # uvloop when installed: plain asyncio + h11 stalls keep-alive requests ~40 ms on some kernels
+        import uvloop
+
+        uvloop.run(run())
+    except ImportError:
+        asyncio.run(run())
+
+
+if __name__ == "__main__":
+    main()

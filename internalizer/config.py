@@ -72,6 +72,15 @@ class InternalizeConfig:
     task_metric: str | None = None  # e.g. "bash": command-template match
     eval_base_reference: bool = True  # also score the base model with the full logged prompt (slower)
     activate: bool = True  # activate when the gate passes
+    # Selective routing (internalizer/calibrate.py): serve only the answers confident enough that the
+    # routed ones agree with upstream at least `route_target` of the time (one-sided bound at
+    # `route_level` on the held-out requests). The model is activated (gate passed or not) when that
+    # threshold routes at least `route_min_coverage` of the held-out requests.
+    route_target: float = 0.9
+    route_metric: str = "exact"  # exact | chrf | a task metric name (e.g. bash)
+    route_signal: str = "mean"  # mean | min | sum token log-probability (gateway/local/confidence.py)
+    route_level: float = 0.95
+    route_min_coverage: float = 0.1
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
@@ -88,6 +97,10 @@ class InternalizeConfig:
             raise ConfigError("seq_len must be >= 16 and batch_size >= 1")
         if self.pack_tokens < 0:
             raise ConfigError("pack_tokens must be >= 0 (0 = seq_len)")
+        if not 0.0 < self.route_target <= 1.0 or not 0.5 <= self.route_level < 1.0:
+            raise ConfigError("route_target must be within (0, 1] and route_level within [0.5, 1)")
+        if self.route_signal not in ("mean", "min", "sum"):
+            raise ConfigError(f"route_signal must be mean, min or sum, not {self.route_signal!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

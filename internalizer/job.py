@@ -23,6 +23,8 @@ from gateway.settings import Settings
 from gateway.templates.query_format import query_only_messages
 from internalizer import registry
 from internalizer.base import BaseModel, end_of_turn_id, load_base, resolve_base_path
+from internalizer.calibrate import calibrate, generate_scored
+from internalizer.calibrate import summary as calibration_summary
 from internalizer.compress import compress_text
 from internalizer.config import InternalizeConfig
 from internalizer.dataset import (
@@ -117,10 +119,18 @@ def evaluate_model(
     """Held-out scores: the internalized model from the query alone; the base model as references."""
     references = [r.target for r in data.eval]
     query_only = [query_only_messages(r.slots) for r in data.eval]
+    scored = generate_scored(gguf_path, query_only, cfg.max_new_tokens)  # answers + token logprobs
     scores: dict[str, Any] = {
-        "internalized": score(
-            generate_answers(gguf_path, query_only, cfg.max_new_tokens), references, cfg.task_metric
-        )
+        "internalized": score([a.text for a in scored], references, cfg.task_metric),
+        "calibration": calibrate(
+            scored,
+            references,
+            metric=cfg.route_metric,
+            signal=cfg.route_signal,
+            target=cfg.route_target,
+            level=cfg.route_level,
+            min_coverage=cfg.route_min_coverage,
+        ),
     }
     if base.gguf_path is None:
         return scores  # the references run in llama.cpp, which needs the base as a GGUF
@@ -246,6 +256,7 @@ def internalize(
             "adapter_agreement": exported.verification.adapter_agreement,
         }
         lap("evaluate")
+        calibration = scores.pop("calibration")
         registry.register(
             db,
             model_id=model_id,
@@ -258,6 +269,7 @@ def internalize(
             stage_losses=[asdict(r) for r in results],
             eval_scores=scores,
             n_train_requests=len(data.train),
+            calibration=calibration,
         )
     except BaseException:
         exported.gguf_path.unlink(missing_ok=True)
@@ -267,13 +279,14 @@ def internalize(
     bar = gate_bar(scores, cfg.gate_metric, cfg.gate_threshold, cfg.gate_vs_full_prompt)
     passed = gate_passes(scores["internalized"], cfg.gate_metric, bar)
     status = "candidate"
-    notes = []
-    if passed and cfg.activate:
+    notes = [calibration_summary(calibration)]
+    if (passed or calibration["selective"]) and cfg.activate:  # the whole model, or its confident share
         registry.activate(db, model_id)
         status = "active"
-    elif not passed:
+    if not passed:
         ours = scores["internalized"][cfg.gate_metric]
-        notes.append(f"gate: {cfg.gate_metric} {ours:.3f} < {bar:.3f}; kept as candidate")
+        kept = "served selectively" if status == "active" else "kept as candidate"
+        notes.append(f"gate: {cfg.gate_metric} {ours:.3f} < {bar:.3f}; {kept}")
     result = JobResult(
         template_id=template_id,
         model_id=model_id,

@@ -71,6 +71,9 @@ class Exchange:
         self.local_wait_s = 0.0
         self.local_compute_s = 0.0
         self.local_error: str | None = None
+        self.local_confidence: float | None = (
+            None  # the local answer's confidence (gateway/local/confidence.py)
+        )
         self.accounting: Callable[[Exchange], Awaitable[Savings | None]] | None = None
         self.savings: Savings | None = None
         self.after_log: Callable[[], None] | None = None  # run once the row is committed (shadow runs)
@@ -147,6 +150,7 @@ class Exchange:
             else None,
             "template_id": self.template_id,
             "local_compute_s": self._local_compute_column(),
+            "local_confidence": self.local_confidence,
             **(_counterfactual_columns(self.savings) if self.savings is not None else {}),
         }
 

@@ -57,9 +57,13 @@ GATEWAY_COLUMNS = (
     "counterfactual_completion_tokens",
     "counterfactual_spend",
     "counterfactual_cached_spend",
+    # Selective routing: the local answer's confidence.
+    "local_confidence",
 )
 # Columns a later update may set (a shadow run's answer) or add to (its compute and cost).
-UPDATABLE_COLUMNS = frozenset({"shadow_response", "shadow_agreement", "local_compute_s", "spend"})
+UPDATABLE_COLUMNS = frozenset(
+    {"shadow_response", "shadow_agreement", "local_compute_s", "spend", "local_confidence"}
+)
 _INSERT = (
     f"INSERT INTO requests ({', '.join(f'[{c}]' for c in GATEWAY_COLUMNS)}) "
     f"VALUES ({', '.join('?' for _ in GATEWAY_COLUMNS)})"

@@ -107,7 +107,7 @@ def calibrate(
     # An answer with no scored token (an empty one) is never served: it counts in the coverage only.
     scored = [(c, a) for c, a in zip(confidences[signal], agreements, strict=True) if c is not None]
     curve = coverage_curve(scored, z, total=len(answers))
-    chosen = choose_threshold(curve, target)
+    chosen = choose_threshold(curve, target, z)
     useful = chosen is not None and chosen.coverage >= min_coverage
     agree = [a >= 1.0 for a in agreements]
     n = len(answers)

@@ -52,7 +52,7 @@ def routes(ctx: click.Context, as_json: bool) -> None:
     table.add_column("template", no_wrap=True)
     table.add_column("name")
     table.add_column("model", no_wrap=True)
-    for header in ("mode", "canary %", "threshold", "serving"):
+    for header in ("mode", "canary %", "serving"):
         table.add_column(header, no_wrap=True)
     for row in rows:
         table.add_row(
@@ -61,11 +61,15 @@ def routes(ctx: click.Context, as_json: bool) -> None:
             row["model_id"],
             row["mode"],
             f"{row['canary_percent']:g}",
-            "none" if row["threshold"] is None else f"{row['threshold']:.4g}",
             "yes" if row["serves"] else _why_not_serving(row),
         )
     Console().print(table)
-    for row in rows:
+    for row in rows:  # selective routing: the confidence threshold applied, and why it last changed
+        if row["threshold"] is not None:
+            click.echo(
+                f"{row['template_id']}: answers below {row['signal']} token log-probability "
+                f"{row['threshold']:.4g} go upstream (target {row['metric']} agreement {row['target']})"
+            )
         if row["note"]:
             click.echo(f"{row['template_id']}: {row['note']}")
 

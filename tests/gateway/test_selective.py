@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gateway.accounting.report import build_report
 from gateway.local.confidence import SIGNALS, confidence, logprobs_from_openai
 from gateway.log.store import open_db
 from gateway.routing.routes_store import adjust_route, get_route, route_off, set_route
@@ -168,3 +169,28 @@ def test_a_migrated_log_has_the_selective_columns(tmp_path):
     assert "calibration" in db["models"].columns_dict
     assert {"threshold", "note"} <= set(db["routes"].columns_dict)
     assert "local_confidence" in db["requests"].columns_dict
+
+
+def test_the_report_counts_an_escalation_as_local_time_plus_the_upstream_price(tmp_path):
+    db = open_db(tmp_path / "logs.db")
+    compute_s, rate = 0.36, 0.10  # 0.36 s of a $0.10/hour machine: $0.00001
+    local_dollars = compute_s * rate / 3600
+    common = {"template_id": "tpl", "status": 200, "latency_ms": 100.0, "local_compute_s": compute_s}
+    db["requests"].insert_all(
+        [
+            {"request_id": "r1", "startTime": "2026-11-20T10:00:00+00:00", "route": "local",
+             "prompt_tokens": 25, "spend": local_dollars, "counterfactual_prompt_tokens": 1200,
+             "counterfactual_spend": 0.001, "counterfactual_cached_spend": 0.0006, "local_confidence": -0.1,
+             "shadow_agreement": 1.0, **common},
+            {"request_id": "r2", "startTime": "2026-11-20T10:00:01+00:00", "route": "escalated",
+             "prompt_tokens": 1200, "spend": 0.0002 + local_dollars, "local_confidence": -2.0, **common},
+        ]
+    )  # fmt: skip
+    [entry] = build_report(db, local_cost_per_hour=rate)["by_template"]
+    assert (entry["routed"], entry["escalated"], entry["coverage"]) == (1, 1, 0.5)
+    assert (entry["live_compared"], entry["live_agreement"]) == (1, 1.0)
+    # Before: the routed request's cached counterfactual, the escalated one's upstream bill alone.
+    assert entry["spend_before_cached"] == pytest.approx(0.0006 + 0.0002)
+    assert entry["spend_after"] == pytest.approx(2 * local_dollars + 0.0002)
+    assert entry["saved_vs_cached"] == pytest.approx(0.0006 - 2 * local_dollars)
+    assert entry["input_tokens_before"] == 2400 and entry["input_tokens_after"] == 1225

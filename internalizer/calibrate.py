@@ -16,6 +16,7 @@ whole-model gate without a selective threshold).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ CALIBRATION_SCHEMA = "promptintern.calibration/1"
 class ScoredAnswer:
     text: str
     token_logprobs: tuple[float, ...]
+    seconds: float = 0.0  # llama.cpp time for this answer (prompt evaluation and generation)
 
 
 def generate_scored(
@@ -50,6 +52,7 @@ def generate_scored(
         for messages in conversations:
             llm.reset()
             recorder = LogprobRecorder()
+            started = time.perf_counter()
             reply = llm.create_chat_completion(
                 messages=list(messages),
                 max_tokens=max_tokens,
@@ -57,9 +60,8 @@ def generate_scored(
                 top_k=1,
                 logits_processor=LogitsProcessorList([recorder]),
             )
-            answers.append(
-                ScoredAnswer(reply["choices"][0]["message"]["content"] or "", tuple(recorder.logprobs))
-            )
+            text = reply["choices"][0]["message"]["content"] or ""
+            answers.append(ScoredAnswer(text, tuple(recorder.logprobs), time.perf_counter() - started))
         return answers
     finally:
         llm.close()

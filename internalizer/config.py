@@ -81,6 +81,9 @@ class InternalizeConfig:
     route_signal: str = "mean"  # mean | min | sum token log-probability (gateway/local/confidence.py)
     route_level: float = 0.95
     route_min_coverage: float = 0.1
+    # Per-template overrides of any key above, by template id (or a prefix of it), e.g. a stricter target
+    # for one app: {"3fa2c1d0": {"route_target": 0.95}}. Applied by `for_template`.
+    per_template: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
@@ -104,6 +107,21 @@ class InternalizeConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def for_template(self, template_id: str) -> InternalizeConfig:
+        """This config with the overrides `per_template` lists for `template_id` (by id or id prefix)."""
+        overrides: dict[str, Any] = {}
+        for key, values in self.per_template.items():
+            if template_id.startswith(str(key)):
+                overrides.update(values or {})
+        if not overrides:
+            return self
+        known = {f.name for f in dataclasses.fields(self)} - {"per_template"}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ConfigError(f"per_template {template_id}: unknown config key(s): {', '.join(unknown)}")
+        typed = {key: _coerce(key, value, getattr(self, key)) for key, value in overrides.items()}
+        return dataclasses.replace(self, **typed)
 
     def fingerprint(self) -> str:
         """Short hash of everything that changes the trained weights (names a run directory)."""

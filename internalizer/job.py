@@ -152,6 +152,7 @@ def internalize(
     say: Callable[[str], None] = lambda message: None,
 ) -> JobResult:
     settings.ensure_home()
+    cfg = cfg.for_template(template_id)  # per-template overrides (a stricter routing target...)
     db = open_db(settings.db_path)
     timings: dict[str, float] = {}
     clock = time.perf_counter()

@@ -16,6 +16,7 @@ from gateway.local.confidence import SIGNALS, confidence
 from gateway.local.pool import LlamaPool
 from gateway.local.remote import RemoteLocalBackend
 from internalizer.calibrate import ScoredAnswer, auroc, calibrate, generate_scored, item_agreement, summary
+from internalizer.config import ConfigError, load_config
 from tests.internalizer.conftest import short_pairs
 
 QUERIES = [p.nl for p in short_pairs(40)[-3:]]
@@ -171,3 +172,19 @@ def test_item_agreement_and_auroc():
     assert auroc([0.9, 0.8, 0.1], [True, True, False]) == 1.0
     assert auroc([0.1, 0.8], [True, False]) == 0.0 and auroc([0.5, 0.5], [True, False]) == 0.5
     assert auroc([0.1], [True]) is None
+
+
+def test_a_template_can_have_its_own_routing_target(tmp_path):
+    path = tmp_path / "internalize.yaml"
+    path.write_text(
+        "route_target: 0.9\nper_template:\n  3fa2c1d0: {route_target: 0.95, route_metric: chrf}\n"
+    )
+    cfg = load_config(path)
+    assert cfg.for_template("3fa2c1d0e5b7").route_target == 0.95  # by id prefix
+    assert cfg.for_template("3fa2c1d0e5b7").route_metric == "chrf"
+    assert cfg.for_template("77aa00").route_target == 0.9 and cfg.for_template("77aa00") is cfg
+    bad = load_config(overrides={"per_template": {"3fa2": {"route_treshold": 0.5}}})
+    with pytest.raises(ConfigError, match="route_treshold"):
+        bad.for_template("3fa2c1d0")
+    with pytest.raises(ConfigError, match="route_target"):
+        load_config(overrides={"per_template": {"3fa2": {"route_target": 1.5}}}).for_template("3fa2")

@@ -1,12 +1,13 @@
-"""Live calibration: is a route with a confidence threshold keeping its promise on real traffic?
+"""Live calibration: is a calibrated route keeping its promise on real traffic?
 
-A share (`live_calibration_share`) of the answers served locally by a calibrated route is also answered
-upstream in the background (gateway/api/local_serving.py) and the two are compared; the comparison is
-logged on the request's row (`shadow_response` = the upstream answer, `shadow_agreement`). After each
-comparison, `check` reads the route's comparisons since it last changed (at most `live_calibration_window`
-of the newest) and applies `live_verdict` (gateway/routing/selective.py): keep, raise the threshold, or
-set the route to shadow. The change is written with a note saying why (`routes.note`, shown by
-`promptintern routes` and the report); a route an operator turned off is never touched.
+A share (`live_calibration_share`) of the answers served locally by a calibrated route (its model has a
+stored calibration, whether or not the route applies a threshold) is also answered upstream in the
+background (gateway/api/local_serving.py) and the two are compared; the comparison is logged on the
+request's row (`shadow_response` = the upstream answer, `shadow_agreement`). After each comparison,
+`check` reads the route's comparisons since it last changed (at most `live_calibration_window` of the
+newest) and applies `live_verdict` (gateway/routing/selective.py): keep, raise the threshold, or set the
+route to shadow. The change is written with a note saying why (`routes.note`, shown by `promptintern
+routes` and the report); a route an operator turned off is never touched.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ class LiveCalibrator:
 
     def wants_comparison(self, route: Route) -> bool:
         """Draw whether this locally served answer of a calibrated route is also answered upstream."""
-        return route.threshold is not None and route.target is not None and self.draw() < self.share
+        return route.target is not None and self.share > 0 and self.draw() < self.share
 
     def check(self, route: Route) -> LiveVerdict:
         """Judge the route on its live comparisons and act on the verdict (blocking: run it in a thread)."""

@@ -82,9 +82,9 @@ class DatasetConfig:
 CONFIGS: dict[str, dict[str, DatasetConfig]] = {
     "cpu": {
         "banking77": DatasetConfig(
-            n_train=200, epochs=2.0, n_cal=200, n_test=200, max_tokens=16, metric="exact"
+            n_train=240, epochs=3.0, n_cal=200, n_test=200, max_tokens=16, metric="exact"
         ),
-        "nl2bash": DatasetConfig(n_train=60, epochs=2.0, n_cal=80, n_test=80, max_tokens=24, metric="bash"),
+        "nl2bash": DatasetConfig(n_train=60, epochs=3.0, n_cal=60, n_test=60, max_tokens=24, metric="bash"),
     },
     "quick": {
         "banking77": DatasetConfig(
@@ -157,7 +157,7 @@ def train_model(
     train = split(app.train[:-N_FIXED_EXAMPLES], cfg.n_train, seed=0)
     trainer = Trainer(_task_shim(app), base, train, work_dir / app.name)
     train_cfg = InternalizeConfig(
-        stages=0, final_stage_epochs=cfg.epochs, batch_size=4, seq_len=256, pack_tokens=256, lr=2e-3,
+        stages=0, final_stage_epochs=cfg.epochs, batch_size=4, seq_len=256, pack_tokens=64, lr=2e-3,
         warmup_steps=2, threads=os.cpu_count() or 2, quant="q8_0",
     )  # fmt: skip
     trained = trainer.train(query_only_spec(), train_cfg, len(train), say=say, max_seconds=budget_s)
@@ -235,6 +235,16 @@ def judge(
     }
 
 
+def _both_bases(cal, tests, target: float, z: float) -> dict[str, Any]:
+    """`judge` with local compute priced by wall time, plus the costs with it priced by CPU time."""
+    wall, cpu = (judge(cal, test, target, z) for test in tests)
+    keys = ("cost_per_1k", "saving_vs_cached_pct")
+    return wall | {
+        "cpu_time_basis": {k: cpu[k] for k in keys}
+        | {"all_or_nothing": {k: cpu["all_or_nothing"][k] for k in keys}}
+    }
+
+
 def run_dataset(name: str, cfg: DatasetConfig, work_dir: Path, budget_s: float, say) -> dict[str, Any]:
     started = time.perf_counter()
     app = load_app(name)
@@ -253,7 +263,14 @@ def run_dataset(name: str, cfg: DatasetConfig, work_dir: Path, budget_s: float, 
 
     cal_agree, test_agree = agreements(cal_answers, cal_records), agreements(test_answers, test_records)
     up_costs, prefix_tokens, full_tokens = upstream_cost(app, test_records, tokenizer, prices)
-    local_costs = [a.seconds * prices.local_per_hour / 3600 for a in test_answers]
+    # Local compute priced two ways: the wall time each answer took (the gateway's own rule: the worker was
+    # busy that long), and the CPU time it used (a share of the machine; other work on this shared machine
+    # stretches wall time without using this request's CPU).
+    cores = os.cpu_count() or 1
+    local_costs = (
+        [a.seconds * prices.local_per_hour / 3600 for a in test_answers],
+        [a.cpu_seconds * prices.local_per_hour / 3600 / cores for a in test_answers],
+    )
     signals: dict[str, Any] = {}
     for signal in SIGNALS:
         cal_conf = [confidence(a.token_logprobs, signal) for a in cal_answers]
@@ -269,9 +286,9 @@ def run_dataset(name: str, cfg: DatasetConfig, work_dir: Path, budget_s: float, 
             ),
             "test_curve": [_point(p) for p in test_curve],
             "targets": [
-                judge(
+                _both_bases(
                     list(zip(cal_conf, cal_agree, strict=True)),
-                    list(zip(test_conf, test_agree, local_costs, up_costs, strict=True)),
+                    [list(zip(test_conf, test_agree, costs, up_costs, strict=True)) for costs in local_costs],
                     target,
                     z,
                 )
@@ -288,8 +305,10 @@ def run_dataset(name: str, cfg: DatasetConfig, work_dir: Path, budget_s: float, 
         "full_prompt_tokens_mean": full_tokens,
         "cached_prefix_tokens": prefix_tokens,
         "upstream_cached_per_1k": 1000 * sum(up_costs) / n,
-        "local_per_1k": 1000 * sum(local_costs) / n,
+        "local_per_1k": 1000 * sum(local_costs[0]) / n,
+        "local_per_1k_cpu_time": 1000 * sum(local_costs[1]) / n,
         "local_seconds_mean": sum(a.seconds for a in test_answers) / n,
+        "local_cpu_seconds_mean": sum(a.cpu_seconds for a in test_answers) / n,
         "mean_answer_tokens": sum(len(a.token_logprobs) for a in test_answers) / n,
         "signals": signals,
         "examples": [
@@ -377,8 +396,9 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         f"## Selective vs all-or-nothing routing ({signal} token log-probability)",
         "",
         "| dataset | target | threshold | coverage | routed agreement | escalated | $ / 1k selective | "
-        "saving | all-or-nothing routes | $ / 1k all-or-nothing | $ / 1k cached upstream |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
+        "saving | saving, CPU-time basis | all-or-nothing routes | $ / 1k all-or-nothing | "
+        "$ / 1k cached upstream |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     for ds in results["datasets"]:
         for t in ds["signals"][signal]["targets"]:
@@ -387,7 +407,8 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
                 f"| {ds['dataset']} | {t['target']} | {_fmt(t['threshold'], 3)} | "
                 f"{100 * t['coverage']:.1f}% | {_fmt(t['routed_agreement'], 3)} | "
                 f"{100 * t['escalation_rate']:.1f}% | "
-                f"${t['cost_per_1k']:.4f} | {t['saving_vs_cached_pct']:.1f}% | {aon['routes']} | "
+                f"${t['cost_per_1k']:.4f} | {t['saving_vs_cached_pct']:.1f}% | "
+                f"{t['cpu_time_basis']['saving_vs_cached_pct']:.1f}% | {aon['routes']} | "
                 f"${aon['cost_per_1k']:.4f} | ${ds['upstream_cached_per_1k']:.4f} |"
             )
     lines += ["", "Other signals at target 0.9 (coverage / routed agreement / saving on the test slice):", ""]
@@ -406,7 +427,8 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
             f"({tr['train_seconds']:.0f} s training, {tr['export_seconds']:.0f} s export); agreement metric "
             f"`{cfg['metric']}`; {cfg['n_cal']} calibration / {cfg['n_test']} test "
             f"requests; full prompt {ds['full_prompt_tokens_mean']:.0f} tokens ({ds['cached_prefix_tokens']} "
-            f"cached); local answer {1000 * ds['local_seconds_mean']:.0f} ms mean "
+            f"cached); local answer {1000 * ds['local_seconds_mean']:.0f} ms wall / "
+            f"{1000 * ds['local_cpu_seconds_mean']:.0f} ms CPU mean "
             f"({ds['mean_answer_tokens']:.1f} tokens); {ds['seconds']:.0f} s in all."
         )
     lines += [
@@ -476,18 +498,21 @@ def write_plot(results: dict[str, Any], path: Path) -> None:
 
 
 def check_target(datasets: list[dict[str, Any]], signal: str) -> dict[str, Any]:
-    hits = []
+    """Met if, on a dataset whose model fails all-or-nothing routing at 0.9, selective routing at 0.9 keeps
+    routed agreement >= 0.9 on the test slice and saves >= 30% of the cached upstream's cost."""
+    met, details = False, []
     for ds in datasets:
         t = next(x for x in ds["signals"][signal]["targets"] if x["target"] == 0.9)
         fails_gate = t["all_or_nothing"]["routes"] == "none"
-        ok = fails_gate and t["saving_vs_cached_pct"] >= 30 and (t["routed_agreement"] or 0) >= 0.9
-        hits.append(
-            f"{ds['dataset']}: all-or-nothing {t['all_or_nothing']['routes']}, selective saving "
-            f"{t['saving_vs_cached_pct']:.1f}% at routed agreement {_fmt(t['routed_agreement'], 3)}"
+        agreement_ok = (t["routed_agreement"] or 0) >= 0.9
+        wall, cpu = t["saving_vs_cached_pct"], t["cpu_time_basis"]["saving_vs_cached_pct"]
+        met |= fails_gate and agreement_ok and wall >= 30
+        details.append(
+            f"{ds['dataset']}: all-or-nothing routes {t['all_or_nothing']['routes']}; selective routes "
+            f"{100 * t['coverage']:.1f}% at agreement {_fmt(t['routed_agreement'], 3)}, saving {wall:.1f}% "
+            f"(wall-time basis) / {cpu:.1f}% (CPU-time basis)"
         )
-        if ok:
-            return {"met": True, "detail": "; ".join(hits)}
-    return {"met": False, "detail": "; ".join(hits)}
+    return {"met": met, "detail": "; ".join(details)}
 
 
 def main() -> None:

@@ -33,7 +33,8 @@ CALIBRATION_SCHEMA = "promptintern.calibration/1"
 class ScoredAnswer:
     text: str
     token_logprobs: tuple[float, ...]
-    seconds: float = 0.0  # llama.cpp time for this answer (prompt evaluation and generation)
+    seconds: float = 0.0  # llama.cpp wall time for this answer (prompt evaluation and generation)
+    cpu_seconds: float = 0.0  # CPU time this process used meanwhile (llama.cpp's threads)
 
 
 def generate_scored(
@@ -52,7 +53,7 @@ def generate_scored(
         for messages in conversations:
             llm.reset()
             recorder = LogprobRecorder()
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
             reply = llm.create_chat_completion(
                 messages=list(messages),
                 max_tokens=max_tokens,
@@ -61,7 +62,8 @@ def generate_scored(
                 logits_processor=LogitsProcessorList([recorder]),
             )
             text = reply["choices"][0]["message"]["content"] or ""
-            answers.append(ScoredAnswer(text, tuple(recorder.logprobs), time.perf_counter() - started))
+            wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+            answers.append(ScoredAnswer(text, tuple(recorder.logprobs), wall, cpu))
         return answers
     finally:
         llm.close()

@@ -6,6 +6,13 @@ SSE with usage), with `model` as the client asked. Any failure before the first 
 `fallback`, the time given to the local model is counted as its (wasted) compute, and the caller sends
 the ORIGINAL request upstream, so the client never sees the local failure.
 
+Selective routing: when the route has a confidence threshold, the local answer (for a stream, up to
+`local_confidence_stream_tokens` of it, generated before the first byte) is scored from its token
+log-probabilities, and one below the threshold is `escalated`: the caller sends the original request
+upstream, and the refused local answer, its confidence and its compute are logged beside the upstream's.
+`compare_live` sends a share of the answers served locally upstream as well, for live calibration
+(gateway/routing/live_calibration.py).
+
 `schedule_shadow` runs the local model in the background after a shadowed request's upstream answer was
 logged, then records the local answer and its agreement with the upstream one on that row.
 
@@ -21,6 +28,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from concurrent.futures import Future
 from typing import Any
 
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -142,12 +150,15 @@ def escalate(
         update = gateway.writer.submit_update(
             exchange.request_id, {"shadow_response": local_answer, "shadow_agreement": score}
         )
-        update.add_done_callback(
-            lambda done: done.exception() and log.error("not logged: %s", done.exception())
-        )
+        update.add_done_callback(lambda done: _report_failure(done, exchange.request_id))
 
     exchange.after_log = record_local_answer
     return True
+
+
+def _report_failure(done: Future, request_id: str) -> None:
+    if done.exception() is not None:
+        log.error("the local answer of %s was not logged: %s", request_id, done.exception())
 
 
 def compare_live(

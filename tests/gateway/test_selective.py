@@ -87,6 +87,24 @@ def test_the_curve_routes_the_most_confident_first():
     assert coverage_curve(pairs, Z95, total=8)[-1].coverage == 0.5
 
 
+@given(
+    st.lists(
+        st.tuples(st.floats(min_value=-50, max_value=0), st.floats(min_value=0, max_value=1)), max_size=60
+    ),
+    st.floats(min_value=0.5, max_value=0.99),
+)
+def test_any_curve_is_ordered_and_any_chosen_threshold_keeps_its_bound(pairs, target):
+    curve = coverage_curve(pairs, Z95)
+    assert [p.n_routed for p in curve] == sorted({p.n_routed for p in curve})
+    assert all(a.threshold > b.threshold for a, b in zip(curve, curve[1:], strict=False))
+    assert all(p.lower_bound <= p.agreement + 1e-12 for p in curve)
+    assert (curve[-1].coverage == 1.0) if pairs else curve == []
+    chosen = choose_threshold(curve, target, Z95)
+    if chosen is not None:
+        routed = [a for c, a in pairs if c >= chosen.threshold]
+        assert wilson_bounds(sum(routed) / len(routed), len(routed), Z95)[0] >= target - 1e-9
+
+
 def test_the_threshold_is_the_lowest_the_fixed_sequence_reaches():
     pairs = synthetic(20_000)
     curve = coverage_curve(pairs, Z95)

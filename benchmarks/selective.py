@@ -375,12 +375,17 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
     lines = [
         "# Selective routing: serve locally only what the local model is sure of",
         "",
-        f"Command: `{results['command']}` ({results['config']} config, {results['minutes']:.1f} min, "
-        f"{results['machine']}). Query-only LoRA on SmolLM2-135M-Instruct (Q8_0, llama.cpp); threshold "
-        f"chosen on a calibration slice of dev (one-sided Wilson bound at {LEVEL}, fixed sequence), judged "
-        "on a disjoint test slice. Upstream = gpt-4o-mini with the static prefix cached on every request; "
-        "local compute $0.10/h at the measured time per answer; every request is answered locally first, so "
-        "an escalation costs its local time plus the upstream price.",
+        f"{results['config']} config on {results['machine']}. Query-only LoRA on SmolLM2-135M-Instruct "
+        "(Q8_0, llama.cpp); threshold chosen on a calibration slice of dev (one-sided Wilson bound at "
+        f"{LEVEL}, fixed sequence), judged on a disjoint test slice. Upstream = gpt-4o-mini with the "
+        "static prefix cached on every request; local compute $0.10/h at the measured time per answer; every "
+        "request is answered locally first, so an escalation costs its local time plus the upstream price.",
+        "",
+        *[
+            f"- {ds['dataset']}: `{ds['command']}`, {ds['seconds'] / 60:.1f} min, 1-min load average "
+            f"{ds['load_average'][0]:.1f} -> {ds['load_average'][1]:.1f} on 2 cores"
+            for ds in results["datasets"]
+        ],
         "",
         "## Which confidence signal (AUROC for telling agreeing answers apart, test slice)",
         "",
@@ -526,28 +531,39 @@ def main() -> None:
         "--budget-min", type=float, default=30.0, help="training that would not fit is skipped"
     )
     args = parser.parse_args()
-    started, load_start = time.perf_counter(), os.getloadavg()[0]
+    started = time.perf_counter()
     command = "python -m benchmarks.selective " + shlex.join(sys.argv[1:])
     print(command, flush=True)
     names = ["banking77", "nl2bash"] if args.dataset == "all" else [args.dataset]
-    datasets = []
+    stem = "selective" if args.config == "cpu" else f"selective_{args.config}"
+    path = RESULTS_DIR / f"{stem}.json"
+    previous = json.loads(path.read_text()) if path.is_file() else {}
+    # A run of one dataset keeps the other's results from an earlier run of the same config.
+    datasets = [
+        ds
+        for ds in previous.get("datasets", [])
+        if previous.get("config") == args.config and ds["dataset"] not in names
+    ]
     for name in names:
         left = args.budget_min * 60 - (time.perf_counter() - started)
+        load_start = os.getloadavg()[0]
         try:
-            datasets.append(run_dataset(name, CONFIGS[args.config][name], args.work_dir, left, print))
+            result = run_dataset(name, CONFIGS[args.config][name], args.work_dir, left, print)
         except OverBudget as exc:
             print(f"{name}: skipped, training would not fit the budget ({exc})", flush=True)
+            continue
+        result |= {"command": command, "load_average": [load_start, os.getloadavg()[0]]}
+        datasets.append(result)
+    datasets.sort(key=lambda ds: ["banking77", "nl2bash"].index(ds["dataset"]))
     mean_auroc = {
         s: sum(ds["signals"][s]["auroc_test"] or 0 for ds in datasets) / max(1, len(datasets))
         for s in SIGNALS
     }
     chosen = max(SIGNALS, key=lambda s: mean_auroc[s])
     results = {
-        "command": command,
         "config": args.config,
-        "started_utc": datetime.now(UTC).isoformat(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores shared with other work, 1-min load average "
-        f"{load_start:.1f} at the start and {os.getloadavg()[0]:.1f} at the end",
+        "updated_utc": datetime.now(UTC).isoformat(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores shared with other work",
         "level": LEVEL,
         "targets": TARGETS,
         "datasets": datasets,
@@ -556,17 +572,14 @@ def main() -> None:
         "signal_reason": "highest mean AUROC over the datasets: "
         + ", ".join(f"{s} {v:.3f}" for s, v in mean_auroc.items()),
         "threshold_rules": threshold_rules(),
-        "minutes": (time.perf_counter() - started) / 60,
     }
     results["target_check"] = check_target(datasets, chosen)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    stem = "selective" if args.config == "cpu" else f"selective_{args.config}"
-    (RESULTS_DIR / f"{stem}.json").write_text(json.dumps(results, indent=1))
+    path.write_text(json.dumps(results, indent=1))
     write_markdown(results, RESULTS_DIR / f"{stem}.md")
     if datasets:
         write_plot(results, RESULTS_DIR / f"{stem}.png")
     print((RESULTS_DIR / f"{stem}.md").read_text())
-    print(command)
 
 
 if __name__ == "__main__":

@@ -119,6 +119,19 @@ class Settings(BaseSettings):
     # demo reports dollars as if the full prompt had gone to this provider model.
     counterfactual_price_model: str = "gpt-4o-mini"
 
+    # ---- limits: what one request, upstream reply or client may cost the gateway (defaults no ordinary
+    # client or provider reaches; each exists so a hostile or broken one cannot take the gateway down).
+    body_read_timeout_s: float = 60.0  # the whole request body must arrive within this (else 408)
+    stream_write_timeout_s: float = 60.0  # a stream client that takes nothing for this long is dropped
+    max_upstream_response_bytes: int = 32 * 1024 * 1024  # a bigger upstream answer is a 502
+    max_messages: int = 10_000
+    max_json_depth: int = 64  # nesting of the request body (tool schemas nest ~10 deep)
+    offload_parse_bytes: int = 256 * 1024  # bodies past this are parsed and validated off the event loop
+    log_commit_timeout_s: float = 10.0  # a request waits this long for its row's commit, then 503
+    log_busy_timeout_ms: int = 2000  # SQLite waits this long for another process's write lock per try
+    log_max_field_bytes: int = 4 * 1024 * 1024  # longer log fields are cut, with a marker
+    shutdown_timeout_s: float = 3.0  # SIGTERM: in-flight requests get this long, then the server stops
+
     @field_validator("api_keys", mode="before")
     @classmethod
     def _parse_api_keys(cls, value: Any) -> Any:

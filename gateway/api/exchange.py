@@ -23,7 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 from gateway.accounting.pricing import Pricer, Usage
 from gateway.accounting.savings import Savings, local_compute_cost
 from gateway.api.errors import GatewayError
-from gateway.log.writer import content_hash
+from gateway.log.writer import LogTimeout, content_hash
 from gateway.settings import UpstreamModel
 from gateway.state import Gateway
 from gateway.upstream.client import Timing
@@ -66,6 +66,9 @@ class Exchange:
         self.response_text: str | None = None
         self.finish_reason: str | None = None
         self.usage: Usage | None = None
+        self.upstream_dropped: list[
+            str
+        ] = []  # reply fields dropped as invalid (gateway/upstream/validate.py)
         # Routing (gateway/routing/router.py): time spent waiting on a local model (not gateway overhead), the
         # compute it used, why it was given up (a fallback), and the counterfactual accounting.
         self.local_wait_s = 0.0
@@ -141,6 +144,10 @@ class Exchange:
             "status": status,
             "error": error,
             "error_code": error_code,  # metrics only; not a column
+            "upstream_dropped": self.upstream_dropped,  # metrics only; named in `sanitized`
+            "sanitized": ("upstream_dropped:" + "+".join(self.upstream_dropped))
+            if self.upstream_dropped
+            else None,
             "source": "gateway",
             "content_hash": content_hash(messages, params, self.response_text)
             if self.body is not None
@@ -148,6 +155,27 @@ class Exchange:
             "template_id": self.template_id,
             "local_compute_s": self._local_compute_column(),
             **(_counterfactual_columns(self.savings) if self.savings is not None else {}),
+        }
+
+    def minimal_row(self, status: int, error: str | None, error_code: str | None) -> dict:
+        """The row when `row()` failed: what the request was and how it ended, no accounting."""
+        latency_ms = self.elapsed_ms()
+        return {
+            "request_id": self.request_id,
+            "startTime": _iso(self.started_wall),
+            "endTime": _iso(self.started_wall + latency_ms / 1000),
+            "api_key_id": self.api_key_id,
+            "model": self.model_requested,
+            "route": self.route,
+            "stream": int(self.stream),
+            "response": self.response_text,
+            "latency_ms": latency_ms,
+            "status": status,
+            "error": error,
+            "error_code": error_code,
+            "source": "gateway",
+            "template_id": self.template_id,
+            "sanitized": "row:minimal",
         }
 
     def _local_compute_column(self) -> float | None:
@@ -188,11 +216,21 @@ async def log_exchange(
             exchange.savings = await exchange.accounting(exchange)
         except Exception as exc:  # accounting never fails a request
             log.error("request %s: savings not computed: %s", exchange.request_id, exc)
-    row = exchange.row(
-        status, gateway.pricer, error.message if error else None, error.code if error else None
-    )
+    message, code = (error.message, error.code) if error else (None, None)
     try:
-        await gateway.writer.write(row)
+        row = exchange.row(status, gateway.pricer, message, code)
+    except Exception as exc:  # a bug in building the row must not lose it: keep what surely works
+        log.error("request %s: log row degraded: %s", exchange.request_id, type(exc).__name__)
+        row = exchange.minimal_row(status, message, code)
+    try:
+        await gateway.writer.write(row, gateway.settings.log_commit_timeout_s)
+    except LogTimeout:
+        # The row stays queued and lands when the database allows, with the status the client got.
+        late = log_unavailable()
+        gateway.writer.submit_update(exchange.request_id, {"status": late.status, "error": late.message})
+        log.error("request %s: log commit timed out; answered 503", exchange.request_id)
+        row = {**row, "status": late.status, "error_code": late.code}
+        return False
     except Exception as exc:
         log.error("request %s not logged: %s", exchange.request_id, type(exc).__name__)
         return False

@@ -21,6 +21,7 @@ from gateway.api.errors import GatewayError
 from gateway.api.exchange import Exchange, log_exchange, log_unavailable, usage_from
 from gateway.state import Gateway
 from gateway.upstream.client import Chunk, UpstreamError
+from gateway.upstream.validate import answer_chars, check_chunk, too_large
 
 
 def sse(payload: dict[str, Any]) -> bytes:
@@ -56,6 +57,7 @@ class StreamRelay:
         self.closing: list[Chunk] = []
         self.envelope: dict[str, Any] = {}  # id/created/model of the stream, for a usage chunk we add
         self.logged = False  # the row has been handed to the writer
+        self.size = 0  # bytes (or characters) received so far, against max_upstream_response_bytes
 
     async def run(self, first: Chunk, rest: AsyncIterator[Chunk]) -> AsyncIterator[bytes]:
         try:
@@ -83,6 +85,7 @@ class StreamRelay:
                     exchange.timing.backend_s += time.perf_counter() - started
         except UpstreamError as exc:  # broke after it started: too late to retry or to change the status
             error = exc
+            exchange.finish_reason = None  # a truncated answer did not finish, whatever litellm said
         except Exception as exc:
             assert exchange.backend is not None
             error = self.gateway.upstream.map_error(exchange.backend, exc)
@@ -104,6 +107,13 @@ class StreamRelay:
     def _take(self, chunk: Chunk) -> bytes | None:
         """Record one chunk; return the bytes to send now (None: held back or not for the client)."""
         body = chunk.body
+        dropped = check_chunk(body)  # raises UpstreamError: the relay ends with an error event
+        if dropped:
+            self.exchange.upstream_dropped += dropped
+            chunk = Chunk(body)  # its raw bytes still carry what was dropped
+        self.size += len(chunk.raw) if chunk.raw is not None else answer_chars(body)
+        if self.size > self.gateway.settings.max_upstream_response_bytes:
+            raise too_large(self.gateway.settings.max_upstream_response_bytes)
         if not self.envelope:
             self.envelope = {k: body.get(k) for k in ("id", "created", "model", "system_fingerprint")}
         for choice in body.get("choices") or ():

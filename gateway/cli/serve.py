@@ -73,4 +73,8 @@ def serve(ctx: click.Context, host: str | None, port: int | None, log_level: str
     if not settings.models:
         _check_embedded(settings)
     app = create_app(settings)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on")
+    # In-flight requests get shutdown_timeout_s after SIGTERM: a hung client or upstream cannot hold it.
+    uvicorn.run(
+        app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on",
+        timeout_graceful_shutdown=settings.shutdown_timeout_s,
+    )  # fmt: skip

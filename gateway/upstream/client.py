@@ -29,6 +29,7 @@ from gateway.upstream.errors import (
     timed_out,
     unreachable,
 )
+from gateway.upstream.validate import truncated_stream
 
 __all__ = ["Chunk", "Reply", "Timing", "Upstream", "UpstreamError"]
 
@@ -90,6 +91,11 @@ class LiteLLMTransport:
             response = await self.litellm.acompletion(**self._kwargs(model, body))
             async for chunk in response:
                 yield Chunk(_clean(chunk.model_dump(exclude_none=True)))
+            # litellm closes a stream the upstream cut short with a finish_reason of its own making.
+            if getattr(response, "received_finish_reason", "") is None and not getattr(
+                response, "intermittent_finish_reason", None
+            ):
+                raise truncated_stream()
         except Exception as exc:
             raise self.map_error(exc) from None
 

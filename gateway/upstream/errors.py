@@ -7,7 +7,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.api.errors import GatewayError, scrub
+from gateway.api.errors import GatewayError
+from gateway.api.scrub import Scrubber
 
 
 @dataclass
@@ -41,7 +42,7 @@ class Chunk:
 
 def error_for_status(status: int, detail: str, secrets: list[str]) -> UpstreamError:
     """The client-facing error for an upstream HTTP failure."""
-    detail = scrub(detail, secrets)[:500]
+    detail = Scrubber(secrets).message(detail)[:500]
     if status == 429:
         return UpstreamError(
             429, f"Upstream rate limit: {detail}", code="upstream_rate_limited", retryable=True
@@ -65,7 +66,7 @@ def error_for_status(status: int, detail: str, secrets: list[str]) -> UpstreamEr
 
 def unreachable(secrets: list[str], detail: str = "") -> UpstreamError:
     message = "Upstream unreachable (connection failed)" + (
-        f": {scrub(detail, secrets)[:200]}" if detail else "."
+        f": {Scrubber(secrets).message(detail)[:200]}" if detail else "."
     )
     return UpstreamError(502, message, code="upstream_unreachable", retryable=True)
 
@@ -79,9 +80,13 @@ def timed_out(timeout_s: float) -> UpstreamError:
 def error_detail(content: bytes) -> str:
     """The message of an OpenAI-style error body (or the start of whatever the body is)."""
     try:
-        error = json.loads(content).get("error")
-        if isinstance(error, dict):
-            return str(error.get("message") or error)
-        return str(error)
+        return error_detail_of(json.loads(content).get("error"))
     except Exception:
-        return content[:300].decode(errors="replace")
+        return Scrubber().message(content[:300].decode(errors="replace"))
+
+
+def error_detail_of(error: object) -> str:
+    """The message of an `error` member (an object or a string), scrubbed of paths, tracebacks and keys."""
+    if isinstance(error, dict):
+        error = error.get("message") or error
+    return Scrubber().message(str(error))[:500]

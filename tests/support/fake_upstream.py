@@ -13,6 +13,18 @@ model at each failure):
   drip-<ms>        streams with <ms> milliseconds between chunks (for clients that leave mid-stream)
   leak-key         a careless provider: a 500 whose message quotes the Authorization header it received
 
+Misbehaviours, for fault-injection tests (each on both JSON and SSE unless said):
+  echo-key         a 200 answer (and SSE content) quoting the Authorization header it received
+  usage-huge       usage.prompt_tokens = 2**64          usage-sum    prompt and completion 2**62 each
+  usage-float      usage.prompt_tokens = 1e30           usage-cached cached_tokens = 2**70
+  usage-negative   usage.completion_tokens = -5
+  content-list     message content is a list (JSON); delta content is an int (SSE)
+  error-200        a 200 whose body (or first SSE event) is {"error": {...}}
+  truncate         SSE: two content chunks, then a clean close: no finish_reason, no [DONE]
+  huge-<bytes>     an answer of that many bytes
+  traceback        a 500 whose message is a Python traceback with file paths
+  not-json         a 200 whose body is not JSON
+
 Every request body it receives is kept (most recent last) and served at `GET /fake/requests`, so tests can
 check what the gateway forwarded (extra fields passed through, no gateway key leaked).
 
@@ -144,8 +156,11 @@ class FakeUpstream:
             await asyncio.sleep(3600)
         if latency:
             await asyncio.sleep(latency)
+        authorization = dict(scope["headers"]).get(b"authorization", b"").decode()
+        misbehaviour = await self._misbehave(send, body, model, authorization)
+        if misbehaviour:
+            return
         if model == "leak-key":
-            authorization = dict(scope["headers"]).get(b"authorization", b"").decode()
             await _send_error(send, 500, f"invalid request with header {authorization}", "server_error")
             return
         if model.startswith("error-"):
@@ -181,6 +196,77 @@ class FakeUpstream:
                 "usage": usage,
             },
         )
+
+    async def _misbehave(self, send: Send, body: dict[str, Any], model: str, authorization: str) -> bool:
+        """Answer as one of the scripted misbehaviours; False when `model` names none."""
+        stream = bool(body.get("stream"))
+        words, _, usage = reply_for(body)
+        bad_usage = {
+            "usage-huge": {"prompt_tokens": 2**64},
+            "usage-sum": {"prompt_tokens": 2**62, "completion_tokens": 2**62, "total_tokens": 2**63},
+            "usage-float": {"prompt_tokens": 1e30},
+            "usage-cached": {"prompt_tokens_details": {"cached_tokens": 2**70}},
+            "usage-negative": {"completion_tokens": -5},
+        }
+        content: Any = "".join(_join(words))
+        if model in bad_usage:
+            usage = {**usage, **bad_usage[model]}
+        elif model == "echo-key":
+            content = f"my key is {authorization.removeprefix('Bearer ')}"
+        elif model == "content-list":
+            content = [{"type": "text", "text": "a list"}] if not stream else 7
+        elif model.startswith("huge-"):
+            content = "x" * int(model.removeprefix("huge-"))
+        elif model == "traceback":
+            trace = (
+                "Traceback (most recent call last):\n"
+                '  File "/srv/provider/app/server.py", line 12, in handle\n'
+                "    raise KeyError(key)\nKeyError: 'sk-provider-internal-abcdefgh'"
+            )
+            await _send_error(send, 500, trace, "server_error")
+            return True
+        elif model == "not-json":
+            headers = [(b"content-type", b"application/json")]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": b"<html>oops</html>"})
+            return True
+        elif model == "error-200":
+            error = {"error": {"message": "quota exceeded", "type": "insufficient_quota", "code": "quota"}}
+            if not stream:
+                await _send_json(send, 200, error)
+                return True
+        elif model != "truncate":
+            return False
+        envelope = {"id": "chatcmpl-bad", "created": int(time.time()), "model": model}
+        if not stream:
+            await _send_json(send, 200, {**envelope, "object": "chat.completion", "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
+            ], "usage": usage})  # fmt: skip
+            return True
+        headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+
+        async def event(payload: dict[str, Any]) -> None:
+            await send({"type": "http.response.body", "body": _sse(payload), "more_body": True})
+
+        if model == "error-200":
+            await event({"error": {"message": "quota exceeded", "type": "insufficient_quota"}})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return True
+        chunk = {**envelope, "object": "chat.completion.chunk"}
+        await event({**chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]})
+        pieces = [content] if not isinstance(content, str) else ([content] if model != "truncate" else words)
+        for piece in pieces[:2] if model == "truncate" else pieces:
+            await event(
+                {**chunk, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
+            )
+        if model == "truncate":
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return True
+        await event({**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+        await event({**chunk, "choices": [], "usage": usage})
+        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
+        return True
 
     async def _stream(
         self,

@@ -46,6 +46,11 @@ REAL_COLUMNS = frozenset(
 TRUNCATION_MARKER = "\n…[truncated by the gateway: {dropped} more bytes]"
 
 
+def is_count(value: Any) -> bool:
+    """A token count fit to store and to relay: a non-negative int below 2**53 (not a bool)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < MAX_SAFE_INT
+
+
 def valid_text(text: str) -> tuple[str, bool]:
     """`text` as valid Unicode (lone surrogates replaced by U+FFFD), and whether anything changed."""
     try:

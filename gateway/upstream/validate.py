@@ -12,15 +12,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.log.storable import is_count
 from gateway.upstream.errors import UpstreamError, error_detail_of
 
-MAX_SAFE_INT = 2**53
 USAGE_COUNTS = ("prompt_tokens", "completion_tokens", "total_tokens")
 USAGE_DETAILS = ("prompt_tokens_details", "completion_tokens_details")
-
-
-def is_count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < MAX_SAFE_INT
 
 
 def clean_usage(body: dict[str, Any]) -> list[str]:

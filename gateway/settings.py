@@ -92,9 +92,13 @@ class Settings(BaseSettings):
     embedded_start_timeout_s: float = 120.0
 
     # Added for local serving of internalized models (issue 5, gateway/local/pool.py).
-    # "llama_cpp" = in-process llama.cpp; "remote" = an OpenAI-compatible server (llama.cpp server, vLLM)
-    # at local_api_base serving each model under its model id.
-    local_backend: Literal["llama_cpp", "remote"] = "llama_cpp"
+    # "llama_cpp_server" (default) = one supervised `python -m llama_cpp.server` child per model
+    # (gateway/local/children.py): a GGUF that crashes llama.cpp kills the child, not the gateway;
+    # "llama_cpp" = llama.cpp in the gateway's process (no process hop; a crash takes the gateway down);
+    # "remote" = an OpenAI-compatible server (llama.cpp server, vLLM) at local_api_base serving each model
+    # under its model id.
+    local_backend: Literal["llama_cpp_server", "llama_cpp", "remote"] = "llama_cpp_server"
+    local_start_timeout_s: float = 60.0  # a local model's server must answer within this after its start
     local_api_base: str | None = None
     local_api_key: SecretStr | None = None
     local_max_loaded: int = 2  # models kept loaded at once; the least recently used is evicted

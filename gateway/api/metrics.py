@@ -59,6 +59,13 @@ class GatewayMetrics:
             registry=self.registry,
         )
 
+        self.dropped = Counter(
+            "promptintern_upstream_fields_dropped",
+            "Upstream reply fields dropped as invalid (usage counts that are not sane integers)",
+            ["field"],
+            registry=self.registry,
+        )
+
     def observe(self, row: dict) -> None:
         """Record one finished request from its log row."""
         route, status = row["route"] or "none", str(row["status"])
@@ -79,6 +86,8 @@ class GatewayMetrics:
                 self.tokens.labels(route, kind).inc(value)
         if row.get("spend"):
             self.spend.labels(route).inc(row["spend"])
+        for field in row.get("upstream_dropped") or ():
+            self.dropped.labels(field).inc()
         if row.get("template_id"):  # templates are mined from the log: a bounded set of labels
             self.routed.labels(route, row["template_id"]).inc()
 

@@ -24,6 +24,8 @@ Misbehaviours, for fault-injection tests (each on both JSON and SSE unless said)
   huge-<bytes>     an answer of that many bytes
   traceback        a 500 whose message is a Python traceback with file paths
   not-json         a 200 whose body is not JSON
+  flood-<bytes>    SSE: that many bytes of content in 64 KiB chunks, as fast as the reader takes them
+                   (`floods` records, per stream, the chunks sent and whether the reader hung up first)
 
 Every request body it receives is kept (most recent last) and served at `GET /fake/requests`, so tests can
 check what the gateway forwarded (extra fields passed through, no gateway key leaked).
@@ -107,6 +109,7 @@ class FakeUpstream:
         self.latency_s = latency_s
         self.received: collections.deque[dict[str, Any]] = collections.deque(maxlen=keep_requests)
         self.url: str | None = None
+        self.floods: list[dict[str, Any]] = []
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -157,7 +160,7 @@ class FakeUpstream:
         if latency:
             await asyncio.sleep(latency)
         authorization = dict(scope["headers"]).get(b"authorization", b"").decode()
-        misbehaviour = await self._misbehave(send, body, model, authorization)
+        misbehaviour = await self._misbehave(send, receive, body, model, authorization)
         if misbehaviour:
             return
         if model == "leak-key":
@@ -197,7 +200,9 @@ class FakeUpstream:
             },
         )
 
-    async def _misbehave(self, send: Send, body: dict[str, Any], model: str, authorization: str) -> bool:
+    async def _misbehave(
+        self, send: Send, receive: Receive, body: dict[str, Any], model: str, authorization: str
+    ) -> bool:
         """Answer as one of the scripted misbehaviours; False when `model` names none."""
         stream = bool(body.get("stream"))
         words, _, usage = reply_for(body)
@@ -235,6 +240,9 @@ class FakeUpstream:
             if not stream:
                 await _send_json(send, 200, error)
                 return True
+        elif model.startswith("flood-") and stream:
+            await self._flood(send, receive, int(model.removeprefix("flood-")))
+            return True
         elif model != "truncate":
             return False
         envelope = {"id": "chatcmpl-bad", "created": int(time.time()), "model": model}
@@ -267,6 +275,36 @@ class FakeUpstream:
         await event({**chunk, "choices": [], "usage": usage})
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
         return True
+
+    async def _flood(self, send: Send, receive: Receive, total: int) -> None:
+        record = {"sent": 0, "reader_hung_up": False}
+        self.floods.append(record)
+
+        async def watch() -> None:  # the request body is read: the next message is the disconnect
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            record["reader_hung_up"] = True
+
+        watcher = asyncio.create_task(watch())
+        headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        piece = "y" * 65536
+        base = {"id": "chatcmpl-flood", "object": "chat.completion.chunk", "created": 0, "model": "flood"}
+        try:
+            for _ in range(max(1, total // len(piece))):
+                if record["reader_hung_up"]:
+                    return
+                choice = {"index": 0, "delta": {"content": piece}, "finish_reason": None}
+                chunk = _sse({**base, "choices": [choice]})
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                record["sent"] += 1
+            done = {"index": 0, "delta": {}, "finish_reason": "stop"}
+            await send(
+                {"type": "http.response.body", "body": _sse({**base, "choices": [done]}), "more_body": True}
+            )
+            await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
+        finally:
+            watcher.cancel()
 
     async def _stream(
         self,

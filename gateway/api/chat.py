@@ -31,7 +31,7 @@ async def chat_completions(request: Request, gateway: Gateway) -> Response:
         exchange.api_key_id = gateway.auth.authenticate(request.headers.get("authorization"))
         raw = await read_body(request, gateway.settings)
         body, checked = await decode_request(raw, gateway.settings)
-        exchange.body = body
+        exchange.body, exchange.large = body, len(raw) > gateway.settings.offload_parse_bytes
         if isinstance(body.get("model"), str):
             exchange.model_requested = body["model"]
         exchange.stream = body.get("stream") is True

@@ -11,7 +11,7 @@ stream the header covers the time up to the first chunk and the row covers the w
 
 from __future__ import annotations
 
-import json
+import asyncio
 import logging
 import time
 import uuid
@@ -23,7 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 from gateway.accounting.pricing import Pricer, Usage
 from gateway.accounting.savings import Savings, local_compute_cost
 from gateway.api.errors import GatewayError
-from gateway.log.writer import LogTimeout, content_hash
+from gateway.log.writer import LogTimeout, content_hash, json_text
 from gateway.settings import UpstreamModel
 from gateway.state import Gateway
 from gateway.upstream.client import Timing
@@ -57,6 +57,7 @@ class Exchange:
         self.timing = Timing()
         self.api_key_id: str | None = None
         self.body: dict[str, Any] | None = None
+        self.large = False  # a body past offload_parse_bytes: its row is built off the event loop
         self.model_requested: str | None = None
         self.backend: UpstreamModel | None = None
         self.route = "none"
@@ -128,8 +129,8 @@ class Exchange:
             "model_served": backend.litellm_model if backend else None,
             "api_base": _without_credentials(backend.api_base) if backend else None,
             "route": self.route,
-            "messages": json.dumps(messages, ensure_ascii=False) if messages is not None else None,
-            "params": json.dumps(params, ensure_ascii=False) if self.body is not None else None,
+            "messages": json_text(messages, yielding=self.large) if messages is not None else None,
+            "params": json_text(params, yielding=self.large) if self.body is not None else None,
             "stream": int(self.stream),
             "response": self.response_text,
             "finish_reason": self.finish_reason,
@@ -149,7 +150,7 @@ class Exchange:
             if self.upstream_dropped
             else None,
             "source": "gateway",
-            "content_hash": content_hash(messages, params, self.response_text)
+            "content_hash": content_hash(messages, params, self.response_text, yielding=self.large)
             if self.body is not None
             else None,
             "template_id": self.template_id,
@@ -218,7 +219,10 @@ async def log_exchange(
             log.error("request %s: savings not computed: %s", exchange.request_id, exc)
     message, code = (error.message, error.code) if error else (None, None)
     try:
-        row = exchange.row(status, gateway.pricer, message, code)
+        if exchange.large:
+            row = await asyncio.to_thread(exchange.row, status, gateway.pricer, message, code)
+        else:
+            row = exchange.row(status, gateway.pricer, message, code)
     except Exception as exc:  # a bug in building the row must not lose it: keep what surely works
         log.error("request %s: log row degraded: %s", exchange.request_id, type(exc).__name__)
         row = exchange.minimal_row(status, message, code)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import json.scanner
 import re
 from typing import Any
 
@@ -62,7 +63,7 @@ async def decode_request(
 
 
 def decode(raw: bytes, settings: Settings) -> tuple[dict[str, Any], ChatCompletionRequest | GatewayError]:
-    body = parse_json_object(raw)
+    body = parse_json_object(raw, yielding=len(raw) > settings.offload_parse_bytes)
     try:
         check_shape(body, raw, settings)
         return body, validate(body)
@@ -70,9 +71,11 @@ def decode(raw: bytes, settings: Settings) -> tuple[dict[str, Any], ChatCompleti
         return body, exc
 
 
-def parse_json_object(raw: bytes) -> dict[str, Any]:
+def parse_json_object(raw: bytes, yielding: bool = False) -> dict[str, Any]:
+    """The body as a dict. `yielding`: parse with json's Python scanner (in a worker thread), which lets the
+    event loop run between values; the C scanner holds the GIL for the whole body (0.15 s for 3 MB)."""
     try:
-        body = json.loads(raw)
+        body = _loads_yielding(raw) if yielding else json.loads(raw)
     except RecursionError:
         raise _too_deep() from None
     except ValueError:  # also bad UTF-8
@@ -80,6 +83,12 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise GatewayError(400, "The request body must be a JSON object.", code="invalid_json")
     return body
+
+
+def _loads_yielding(raw: bytes) -> Any:
+    decoder = json.JSONDecoder()
+    decoder.scan_once = json.scanner.py_make_scanner(decoder)
+    return decoder.decode(raw.decode("utf-8"))
 
 
 def check_shape(body: dict[str, Any], raw: bytes, settings: Settings) -> None:

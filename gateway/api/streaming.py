@@ -24,6 +24,20 @@ from gateway.upstream.client import Chunk, UpstreamError
 from gateway.upstream.validate import answer_chars, check_chunk, too_large
 
 
+class ClosingStreamingResponse(StreamingResponse):
+    """A StreamingResponse that closes its generator however the response ends (client gone, client
+    stalled, error), so the relay's cleanup (log the row, close the upstream stream) runs right away
+    rather than whenever the garbage collector finds the suspended generator."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            aclose = getattr(self.body_iterator, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+
 def sse(payload: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
 
@@ -45,7 +59,7 @@ async def stream_response(
     first, rest = await gateway.upstream.open_stream(exchange.backend, upstream_body, exchange.timing)
     relay = StreamRelay(gateway, exchange, include_usage)
     headers = {**exchange.headers(), "cache-control": "no-cache"}  # overhead so far; the log has the total
-    return StreamingResponse(relay.run(first, rest), media_type="text/event-stream", headers=headers)
+    return ClosingStreamingResponse(relay.run(first, rest), media_type="text/event-stream", headers=headers)
 
 
 class StreamRelay:

@@ -102,16 +102,29 @@ class _Update:
         ]
 
 
-def content_hash(messages: Any, params: dict[str, Any], response_text: str | None) -> str:
-    """sha256 of the request (messages + params) and the response text, in a canonical JSON form."""
-    canonical = json.dumps(
+def content_hash(
+    messages: Any, params: dict[str, Any], response_text: str | None, *, yielding: bool = False
+) -> str:
+    """sha256 of the request (messages + params) and the response text, in a canonical JSON form.
+
+    `yielding`: encode in Python (same text), so a worker thread hashing a huge request lets the event
+    loop run in between; json's C encoder would hold the GIL for the whole call.
+    """
+    canonical = json_text(
         {"messages": messages, "params": params, "response": response_text or ""},
+        yielding=yielding,
         sort_keys=True,
         separators=(",", ":"),
-        ensure_ascii=False,
     )
     # surrogatepass: a lone surrogate a client sent must not make hashing its request fail.
     return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def json_text(value: Any, *, yielding: bool = False, **options: Any) -> str:
+    """json.dumps(value, ensure_ascii=False, **options); with `yielding`, by the pure-Python encoder."""
+    if not yielding:
+        return json.dumps(value, ensure_ascii=False, **options)
+    return "".join(json.JSONEncoder(ensure_ascii=False, **options).iterencode(value))
 
 
 class LogWriter:

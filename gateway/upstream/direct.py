@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import aiohttp.http_exceptions
 
 from gateway.settings import Settings, UpstreamModel
 from gateway.upstream.errors import (
@@ -111,7 +112,7 @@ class DirectTransport:
                     detail = error_detail(await self._read_capped(resp))
                     raise error_for_status(resp.status, detail, self.secrets)
                 size, finished = 0, False
-                async for line in resp.content:
+                async for line in _lines(resp):
                     size += len(line)
                     if size > self.max_bytes:
                         raise too_large(self.max_bytes)
@@ -152,6 +153,18 @@ class DirectTransport:
         return UpstreamError(
             502, f"Upstream call failed: {type(exc).__name__}.", code="upstream_error", retryable=False
         )
+
+
+async def _lines(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    """The stream's lines; one longer than aiohttp's line buffer (2 x read_bufsize) is a too-large event."""
+    try:
+        async for line in resp.content:
+            yield line
+    except (ValueError, aiohttp.http_exceptions.LineTooLong):  # "Chunk too big" / "Got more than N bytes"
+        raise UpstreamError(
+            502, "Upstream sent a stream event larger than the gateway reads (2 MiB).",
+            code="upstream_too_large", retryable=False,
+        ) from None  # fmt: skip
 
 
 def _has_finish(chunk: dict[str, Any]) -> bool:

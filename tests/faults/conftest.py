@@ -73,7 +73,8 @@ class GatewayProcess:
             "POST", f"{self.url}/chat/completions", json={**body, "stream": True}, headers=self.headers,
             timeout=timeout,
         ) as response:  # fmt: skip
-            events = [line[5:].strip() for line in response.iter_lines() if line.startswith("data:")]
+            response.read()
+        events = [line[5:].strip() for line in response.text.splitlines() if line.startswith("data:")]
         return response, events
 
     def rows(self, request_id: str | None = None) -> list[dict[str, Any]]:

@@ -79,11 +79,21 @@ def test_insane_usage_is_dropped_not_fatal(gateway: GatewayProcess, check, model
     body = {"model": model + transport, "messages": ASK}
     if stream:
         response, events = gateway.stream({**body, "stream_options": {"include_usage": True}})
+        if transport and events[-1] != "[DONE]":  # litellm itself refuses some (a float count)
+            check.append(response)
+            assert "Traceback" not in stream_error(events)["message"]
+            assert gateway.one_row(response)["status"] == 502
+            return
         assert events[-1] == "[DONE]"
         usage = [json.loads(e)["usage"] for e in events[:-1] if json.loads(e).get("usage")]
         usage = usage[-1] if usage else {}
     else:
         response = gateway.post(body)
+        if transport and response.status_code == 502:  # litellm itself refuses some (a float count)
+            check.append(response)
+            assert "Traceback" not in error_of(response)["message"]
+            assert gateway.one_row(response)["status"] == 502
+            return
         assert response.status_code == 200, response.text
         usage = response.json().get("usage") or {}
     check.append(response)
@@ -226,7 +236,7 @@ def test_a_200_carrying_error_is_an_upstream_error(gateway, check, transport, st
     else:
         response = gateway.post(body)
         status = response.status_code
-        assert status == 502 and "quota exceeded" in error_of(response)["message"]
+        assert status == 502 and error_of(response)["code"] == "upstream_error"
     check.append(response)
     assert gateway.one_row(response)["status"] == 502
 
@@ -289,7 +299,8 @@ def test_100k_tiny_messages_do_not_block_other_clients(gateway, check):
     assert response.status_code == 400 and error_of(response)["code"] == "too_many_messages"
     assert gateway.one_row(response)["status"] == 400
     # Before: the event loop froze ~1 s parsing and validating. Parsing now runs in a worker thread.
-    assert max(gaps) < 0.6, f"a concurrent request waited {max(gaps):.2f} s"
+    print(f"longest concurrent request: {max(gaps):.3f} s")
+    assert max(gaps) < 0.5, f"a concurrent request waited {max(gaps):.2f} s"
 
 
 def test_a_body_trickled_a_byte_a_second_gets_a_408(gateway, check):
@@ -343,6 +354,9 @@ def test_a_stream_client_that_never_reads_is_dropped_and_the_upstream_closed(gat
         assert flood["sent"] < 12_000_000 // 65536  # not drained to the end
     finally:
         sock.close()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not [r for r in gateway.rows() if r["model"] == "flood-12000000"]:
+        time.sleep(0.1)
     rows = [r for r in gateway.rows() if r["model"] == "flood-12000000"]
     assert len(rows) == 1 and rows[0]["status"] == 499
 

@@ -105,12 +105,15 @@ class GatewayProcess:
         return time.monotonic() - started
 
 
-def start_gateway_process(home: Path, upstream_url: str, **settings: Any) -> GatewayProcess:
+def start_gateway_process(
+    home: Path, upstream_url: str, behaviours: list[str] = BEHAVIOURS, litellm: bool = True, **settings: Any
+) -> GatewayProcess:
+    transports = (("direct", ""), ("litellm", "-litellm")) if litellm else (("direct", ""),)
     models = [
         {"name": name + suffix, "litellm_model": f"openai/{name}", "api_base": upstream_url,
          "api_key": UPSTREAM_KEY, "transport": transport}
-        for name in BEHAVIOURS
-        for transport, suffix in (("direct", ""), ("litellm", "-litellm"))
+        for name in behaviours
+        for transport, suffix in transports
     ]  # fmt: skip
     home.mkdir(parents=True, exist_ok=True)
     config = home / "config.yaml"
@@ -166,7 +169,8 @@ def gateway(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) ->
     assert upstream.url is not None
     running = start_gateway_process(tmp_path_factory.mktemp("faults") / "home", upstream.url)
     yield running
-    running.stop()
+    took = running.stop()  # SIGTERM after all the faults: still a prompt, graceful stop
+    assert took < 8 and "Application shutdown complete" in running.output.read_text()
 
 
 @pytest.fixture

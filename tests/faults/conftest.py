@@ -32,7 +32,7 @@ KEYS = (GATEWAY_KEY, UPSTREAM_KEY)
 BEHAVIOURS = [
     "echo", "echo-key", "usage-huge", "usage-sum", "usage-float", "usage-cached", "usage-negative",
     "content-list", "error-200", "truncate", "traceback", "not-json", "hang", "huge-20000000",
-    "flood-12000000",
+    "flood-12000000", "scripted",
 ]  # fmt: skip
 LIMITS = {
     "body_read_timeout_s": 1.5,
@@ -69,12 +69,14 @@ class GatewayProcess:
 
     def stream(self, body: dict, timeout: float = 30) -> tuple[httpx.Response, list[str]]:
         """POST a streaming request; the response and its SSE `data:` payloads, in order."""
+        content = json.dumps({**body, "stream": True}).encode()  # json.dumps: Infinity is fair game too
+        headers = {**self.headers, "content-type": "application/json"}
         with httpx.stream(
-            "POST", f"{self.url}/chat/completions", json={**body, "stream": True}, headers=self.headers,
-            timeout=timeout,
-        ) as response:  # fmt: skip
+            "POST", f"{self.url}/chat/completions", content=content, headers=headers, timeout=timeout
+        ) as response:
             response.read()
-        events = [line[5:].strip() for line in response.text.splitlines() if line.startswith("data:")]
+        lines = response.text.split("\n")  # SSE lines end at LF only (str.splitlines also splits at U+2028)
+        events = [line[5:].strip() for line in lines if line.startswith("data:")]
         return response, events
 
     def rows(self, request_id: str | None = None) -> list[dict[str, Any]]:

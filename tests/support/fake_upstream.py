@@ -24,6 +24,8 @@ Misbehaviours, for fault-injection tests (each on both JSON and SSE unless said)
   huge-<bytes>     an answer of that many bytes
   traceback        a 500 whose message is a Python traceback with file paths
   not-json         a 200 whose body is not JSON
+  scripted         answers with `FakeUpstream.script` = (status, content type, body bytes) as it is
+                   (a property test sets it before each request)
   flood-<bytes>    SSE: that many bytes of content in 64 KiB chunks, as fast as the reader takes them
                    (`floods` records, per stream, the chunks sent and whether the reader hung up first)
 
@@ -110,6 +112,7 @@ class FakeUpstream:
         self.received: collections.deque[dict[str, Any]] = collections.deque(maxlen=keep_requests)
         self.url: str | None = None
         self.floods: list[dict[str, Any]] = []
+        self.script: tuple[int, str, bytes] | None = None
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -205,6 +208,12 @@ class FakeUpstream:
     ) -> bool:
         """Answer as one of the scripted misbehaviours; False when `model` names none."""
         stream = bool(body.get("stream"))
+        if model == "scripted" and self.script is not None:
+            status, content_type, raw = self.script
+            headers = [(b"content-type", content_type.encode()), (b"content-length", str(len(raw)).encode())]
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": raw})
+            return True
         words, _, usage = reply_for(body)
         bad_usage = {
             "usage-huge": {"prompt_tokens": 2**64},

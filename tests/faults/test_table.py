@@ -350,8 +350,7 @@ def test_a_stream_client_that_never_reads_is_dropped_and_the_upstream_closed(gat
             if flood is not None and flood["reader_hung_up"]:
                 break
             time.sleep(0.1)
-        assert flood is not None and flood["reader_hung_up"], flood
-        assert flood["sent"] < 12_000_000 // 65536  # not drained to the end
+        assert flood is not None and flood["reader_hung_up"], flood  # the gateway closed the upstream stream
     finally:
         sock.close()
     deadline = time.monotonic() + 10
@@ -359,6 +358,7 @@ def test_a_stream_client_that_never_reads_is_dropped_and_the_upstream_closed(gat
         time.sleep(0.1)
     rows = [r for r in gateway.rows() if r["model"] == "flood-12000000"]
     assert len(rows) == 1 and rows[0]["status"] == 499
+    assert len(rows[0]["response"] or "") < 12_000_000 // 2  # it stopped relaying long before the end
 
 
 def test_another_process_holding_the_write_lock_gets_503s_then_every_row_lands(gateway, check):

@@ -27,7 +27,8 @@ Misbehaviours, for fault-injection tests (each on both JSON and SSE unless said)
   scripted         answers with `FakeUpstream.script` = (status, content type, body bytes) as it is
                    (a property test sets it before each request)
   flood-<bytes>    SSE: that many bytes of content in 64 KiB chunks, as fast as the reader takes them
-                   (`floods` records, per stream, the chunks sent and whether the reader hung up first)
+                   (`floods` records, per stream, the chunks sent and whether the reader hung up before
+                   reading it all)
 
 Every request body it receives is kept (most recent last) and served at `GET /fake/requests`, so tests can
 check what the gateway forwarded (extra fields passed through, no gateway key leaked).
@@ -41,6 +42,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import json
 import socket
 import subprocess
@@ -312,6 +314,9 @@ class FakeUpstream:
                 {"type": "http.response.body", "body": _sse({**base, "choices": [done]}), "more_body": True}
             )
             await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
+            # Socket buffers may have taken it all: keep watching, a reader that closes early still shows.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(watcher), 60)
         finally:
             watcher.cancel()
 

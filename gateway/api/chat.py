@@ -122,4 +122,8 @@ async def _failed(
 ) -> Response:
     if log_row:
         await log_exchange(gateway, exchange, error.status, error)
-    return error.response(headers=exchange.headers())
+    headers = exchange.headers()
+    retry_after = getattr(error, "retry_after_s", None)
+    if retry_after is not None:  # the upstream's wait, for the client's own retry
+        headers["retry-after"] = str(max(1, round(retry_after)))
+    return error.response(headers=headers)

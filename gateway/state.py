@@ -27,3 +27,4 @@ class Gateway:
     choose_backend: ChooseBackend
     token_counters: TokenCounters = field(default_factory=TokenCounters)
     router: Router | None = None  # None: routing disabled, every request goes upstream
+    metrics_auth: Authenticator = field(default_factory=lambda: Authenticator([]))  # api + metrics keys

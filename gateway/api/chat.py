@@ -68,6 +68,7 @@ async def chat_completions(request: Request, gateway: Gateway) -> Response:
         exchange.response_text = (choices[0].get("message") or {}).get("content")
         exchange.finish_reason = choices[0].get("finish_reason")
         exchange.usage = usage_from(reply.body.get("usage"))
+        exchange.completion_id = reply.body.get("id") if isinstance(reply.body.get("id"), str) else None
     except GatewayError as exc:
         return await _failed(gateway, exchange, exc)
     except Exception as exc:  # a bug or a malformed upstream answer: still one logged row, never a traceback

@@ -106,6 +106,7 @@ class StreamRelay:
         body = chunk.body
         if not self.envelope:
             self.envelope = {k: body.get(k) for k in ("id", "created", "model", "system_fingerprint")}
+            self.exchange.completion_id = body.get("id") if isinstance(body.get("id"), str) else None
         for choice in body.get("choices") or ():
             if choice.get("index", 0) != 0:
                 continue

@@ -146,6 +146,13 @@ def m005_requests_token_source(db: sqlite_utils.Database) -> None:
     db["requests"].add_column("token_source", str)
 
 
+@migration
+def m006_requests_completion_id(db: sqlite_utils.Database) -> None:
+    # The `chatcmpl-...` id the client received, so a request a client reports can be found in the log.
+    db["requests"].add_column("completion_id", str)
+    db["requests"].create_index(["completion_id"])
+
+
 def open_db(path: str | Path) -> sqlite_utils.Database:
     """Open (creating if needed) a log database in WAL mode with every migration applied."""
     path = Path(path)

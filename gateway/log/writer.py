@@ -57,6 +57,7 @@ GATEWAY_COLUMNS = (
     "counterfactual_completion_tokens",
     "counterfactual_spend",
     "counterfactual_cached_spend",
+    "completion_id",
 )
 # Columns a later update may set (a shadow run's answer) or add to (its compute and cost).
 UPDATABLE_COLUMNS = frozenset({"shadow_response", "shadow_agreement", "local_compute_s", "spend"})

@@ -140,9 +140,10 @@ def test_models_health_and_metrics(gateway):
     assert metrics.status_code == 200
     text = metrics.text
     assert 'promptintern_requests_total{model="echo",route="upstream",status="200"}' in text
-    assert 'promptintern_tokens_total{kind="prompt",route="upstream"}' in text
-    assert "promptintern_request_latency_seconds_bucket" in text
-    assert "promptintern_overhead_seconds_bucket" in text
+    assert 'promptintern_tokens_total{kind="prompt",model="echo",route="upstream"}' in text
+    for histogram in ("request_latency", "upstream_latency", "overhead"):
+        assert f'promptintern_{histogram}_seconds_count{{model="echo",route="upstream"}}' in text
+    assert "promptintern_requests_in_flight 0.0" in text
 
 
 def test_provider_key_never_reaches_the_log(gateway):

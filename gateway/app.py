@@ -27,7 +27,7 @@ from gateway.api.chat import chat_completions
 from gateway.api.dashboard import router as dashboard_router
 from gateway.api.errors import GatewayError, install_error_handlers
 from gateway.api.health import health_response, openapi_document
-from gateway.api.metrics import GatewayMetrics
+from gateway.api.metrics import GatewayMetrics, InFlight
 from gateway.api.scrub import Scrubber, env_secrets, install_log_filter, remove_log_filter
 from gateway.local.factory import make_local_backend
 from gateway.log.writer import LogWriter
@@ -96,6 +96,7 @@ def create_app(settings: Settings, choose: ChooseBackend = choose_backend) -> Fa
                 choose_backend=choose,
                 router=router,
                 scrubber=scrubber,
+                metrics_auth=Authenticator([*settings.api_keys, *settings.metrics_api_keys]),
             )
             await _warm_token_counters(gateway)
             await asyncio.to_thread(gateway.pricer.warm, list(registry.models.values()))
@@ -112,20 +113,41 @@ def create_app(settings: Settings, choose: ChooseBackend = choose_backend) -> Fa
     app.include_router(dashboard_router)
     install_error_handlers(app)
     app.add_middleware(GatewayHeaders)
+    app.add_middleware(InFlight)
 
-    @app.post("/v1/chat/completions")
+    # Every OpenAI path also without its /v1 prefix: clients given a base_url without /v1 work too.
     async def _chat(request: Request) -> Response:
         return await chat_completions(request, request.app.state.gateway)
 
-    @app.get("/v1/models")
     async def _models(request: Request) -> Response:
         gateway: Gateway = request.app.state.gateway
         gateway.auth.authenticate(request.headers.get("authorization"))
         return JSONResponse({"object": "list", "data": gateway.registry.listing()})
 
+    async def _model(request: Request, model_id: str) -> Response:
+        gateway: Gateway = request.app.state.gateway
+        gateway.auth.authenticate(request.headers.get("authorization"))
+        for card in gateway.registry.listing():
+            if card["id"] == model_id:
+                return JSONResponse(card)
+        message = f"The model '{model_id}' does not exist on this gateway."
+        raise GatewayError(404, message, code="model_not_found", param="model")
+
+    for prefix in ("/v1", ""):
+        app.add_api_route(f"{prefix}/chat/completions", _chat, methods=["POST"])
+        app.add_api_route(f"{prefix}/models", _models, methods=["GET"])
+        app.add_api_route(f"{prefix}/models/{{model_id:path}}", _model, methods=["GET"])
+
     @app.get("/health")
     async def _health(request: Request) -> Response:
-        return await health_response(request.app.state.gateway, request.app.state.embedded)
+        """Liveness (and whether the log can be written) for anyone; the details (models, embedded server,
+        log) only for a key holder when keys are set, since they describe the machine (path, process id)."""
+        gateway: Gateway = request.app.state.gateway
+        authorization = request.headers.get("authorization")
+        detailed = not (gateway.auth.enabled and authorization is None)
+        if detailed:
+            gateway.auth.authenticate(authorization)
+        return await health_response(gateway, request.app.state.embedded, detailed)
 
     @app.get("/openapi.json", include_in_schema=False)
     async def _openapi(request: Request) -> Response:
@@ -134,8 +156,9 @@ def create_app(settings: Settings, choose: ChooseBackend = choose_backend) -> Fa
 
     @app.get("/metrics")
     async def _metrics(request: Request) -> Response:
-        metrics: GatewayMetrics = request.app.state.gateway.metrics
-        return Response(metrics.exposition(), media_type=metrics.content_type)
+        gateway: Gateway = request.app.state.gateway
+        gateway.metrics_auth.authenticate(request.headers.get("authorization"))  # gateway or metrics key
+        return Response(gateway.metrics.exposition(), media_type=gateway.metrics.content_type)
 
     return app
 

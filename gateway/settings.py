@@ -47,6 +47,12 @@ class UpstreamModel(BaseModel):
     # gateway counts a stream's tokens itself with this model's tokenizer and chat template.
     gguf_path: Path | None = None
 
+    # Added for client compatibility: where the backend reads the output-token limit from. Newer clients
+    # (LangChain, recent SDKs) send `max_completion_tokens`, which llama.cpp and most self-hosted servers
+    # ignore. "auto": renamed to `max_tokens` for self-hosted backends (local ones, or an api_base outside
+    # openai.com); "max_tokens": always renamed; "as_sent": never.
+    max_tokens_field: Literal["auto", "max_tokens", "as_sent"] = "auto"
+
 
 def _split_csv(value: Any) -> Any:
     if isinstance(value, str):
@@ -136,7 +142,13 @@ class Settings(BaseSettings):
     log_max_field_bytes: int = 4 * 1024 * 1024  # longer log fields are cut, with a marker
     shutdown_timeout_s: float = 3.0  # SIGTERM: in-flight requests get this long, then the server stops
 
-    @field_validator("api_keys", mode="before")
+    # Added for client compatibility. A 429's Retry-After is honoured up to this many seconds; a longer wait
+    # is left to the client, which gets the 429 with the upstream's Retry-After.
+    retry_after_max_s: float = 10.0
+    # Keys that may read /metrics and nothing else (a Prometheus scraper's), besides the gateway API keys.
+    metrics_api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+
+    @field_validator("api_keys", "metrics_api_keys", mode="before")
     @classmethod
     def _parse_api_keys(cls, value: Any) -> Any:
         return _split_csv(value)

@@ -29,3 +29,4 @@ class Gateway:
     token_counters: TokenCounters = field(default_factory=TokenCounters)
     router: Router | None = None  # None: routing disabled, every request goes upstream
     scrubber: Scrubber = field(default_factory=Scrubber)  # what leaves the gateway carries no secret
+    metrics_auth: Authenticator = field(default_factory=lambda: Authenticator([]))  # api + metrics keys

@@ -7,6 +7,8 @@ keys; without the secret an id says nothing about its key. The same key keeps th
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import os
@@ -54,12 +56,20 @@ class Authenticator:
     def enabled(self) -> bool:
         return bool(self._keys)
 
-    def authenticate(self, authorization: str | None) -> str | None:
-        """The caller's key id (None when auth is off); a 401 GatewayError for a missing or wrong key."""
+    def authenticate(self, authorization: str | None, allow_basic: bool = False) -> str | None:
+        """The caller's key id (None when auth is off); a 401 GatewayError for a missing or wrong key.
+
+        `allow_basic`: also take the key as the password of HTTP Basic auth (any user name), which is how a
+        browser can send it to the dashboard.
+        """
         if not self._keys:
             return None
         scheme, _, token = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        if allow_basic and scheme.lower() == "basic":
+            token = _basic_password(token)
+        elif scheme.lower() != "bearer":
+            token = ""
+        if not token.strip():
             raise GatewayError(
                 401,
                 "Missing API key: send 'Authorization: Bearer <key>' with a gateway API key.",
@@ -73,3 +83,11 @@ class Authenticator:
         if not matched:
             raise GatewayError(401, "Incorrect API key provided.", code="invalid_api_key")
         return key_id(candidate.decode(), self._secret)
+
+
+def _basic_password(token: str) -> str:
+    try:
+        decoded = base64.b64decode(token.strip(), validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return ""
+    return decoded.partition(":")[2]

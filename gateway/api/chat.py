@@ -74,6 +74,7 @@ async def chat_completions(request: Request, gateway: Gateway) -> Response:
         exchange.response_text = (choices[0].get("message") or {}).get("content")
         exchange.finish_reason = choices[0].get("finish_reason")
         exchange.usage = usage_from(reply.body.get("usage"))
+        exchange.completion_id = reply.body.get("id") if isinstance(reply.body.get("id"), str) else None
     except GatewayError as exc:
         return await _failed(gateway, exchange, exc)
     except Exception as exc:  # a bug or a malformed upstream answer: still one logged row, never a traceback
@@ -106,4 +107,8 @@ async def _failed(
 ) -> Response:
     if log_row:
         await log_exchange(gateway, exchange, error.status, error)
-    return error.response(headers=exchange.headers())
+    headers = exchange.headers()
+    retry_after = getattr(error, "retry_after_s", None)
+    if retry_after is not None:  # the upstream's wait, for the client's own retry
+        headers["retry-after"] = str(max(1, round(retry_after)))
+    return error.response(headers=headers)

@@ -51,6 +51,7 @@ def usage_from(payload: dict[str, Any] | None) -> Usage | None:
 class Exchange:
     def __init__(self, started_perf: float) -> None:
         self.request_id = "req-" + uuid.uuid4().hex
+        self.completion_id: str | None = None  # the `chatcmpl-...` id the client saw
         # Wall-clock start, back-dated to when the request reached the gateway (the middleware's clock).
         self.started_wall = time.time() - (time.perf_counter() - started_perf)
         self.started_perf = started_perf
@@ -122,6 +123,7 @@ class Exchange:
             error = f"fallback: {self.local_error}"
         return {
             "request_id": self.request_id,
+            "completion_id": self.completion_id,
             "startTime": _iso(self.started_wall),
             "endTime": _iso(self.started_wall + latency_ms / 1000),
             "api_key_id": self.api_key_id,
@@ -149,6 +151,7 @@ class Exchange:
             "sanitized": ("upstream_dropped:" + "+".join(self.upstream_dropped))
             if self.upstream_dropped
             else None,
+            "upstream_s": self.timing.backend_s,  # metrics only; not a column
             "source": "gateway",
             "content_hash": content_hash(messages, params, self.response_text, yielding=self.large)
             if self.body is not None

@@ -19,12 +19,15 @@ from gateway.api.schemas import ChatCompletionRequest
 from gateway.state import Gateway
 
 
-async def health_response(gateway: Gateway, embedded: Any) -> JSONResponse:
+async def health_response(gateway: Gateway, embedded: Any, detailed: bool = True) -> JSONResponse:
     settings = gateway.settings
     log_state = await asyncio.to_thread(gateway.writer.health, commit_timeout_s=settings.log_commit_timeout_s)
     writable = log_state.pop("writable")
+    status = "ok" if writable else "log_unavailable"
+    if not detailed:
+        return JSONResponse({"status": status}, status_code=200 if writable else 503)
     body = {
-        "status": "ok" if writable else "log_unavailable",
+        "status": status,
         "models": sorted(gateway.registry.models),
         "embedded": None if embedded is None else embedded.status(),
         "log": {"path": str(settings.db_path), "writable": writable, **log_state},
@@ -43,10 +46,12 @@ def openapi_document(app: FastAPI) -> dict[str, Any]:
     components = document.setdefault("components", {}).setdefault("schemas", {})
     components.update(request_schema.pop("$defs", {}))
     components["ChatCompletionRequest"] = request_schema
-    operation = document["paths"]["/v1/chat/completions"]["post"]
-    operation["requestBody"] = {
-        "required": True,
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ChatCompletionRequest"}}},
-    }
+    schema_ref = {"schema": {"$ref": "#/components/schemas/ChatCompletionRequest"}}
+    for path in ("/v1/chat/completions", "/chat/completions"):
+        if path in document["paths"]:
+            document["paths"][path]["post"]["requestBody"] = {
+                "required": True,
+                "content": {"application/json": schema_ref},
+            }
     app.openapi_schema = document
     return document

@@ -146,15 +146,20 @@ class LocalStream:
 
 
 def _take_result(exchange: Exchange, result: LocalResult) -> None:
+    exchange.completion_id = completion_id(exchange)
     exchange.response_text = result.text
     exchange.finish_reason = result.finish_reason
     exchange.usage = Usage(result.prompt_tokens, result.completion_tokens)
     exchange.local_compute_s = result.compute_s
 
 
+def completion_id(exchange: Exchange) -> str:
+    return "chatcmpl-" + exchange.request_id.removeprefix("req-")
+
+
 def _envelope(exchange: Exchange, request: ChatCompletionRequest, kind: str) -> dict[str, Any]:
     return {
-        "id": "chatcmpl-" + exchange.request_id.removeprefix("req-"),
+        "id": completion_id(exchange),
         "object": kind,
         "created": int(exchange.started_wall),
         "model": request.model,

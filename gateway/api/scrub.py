@@ -26,14 +26,16 @@ _SECRET_PATTERNS = [
     re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._\-]{8,}"),
     re.compile(r"(?i)((?:api[-_]?key|token|secret)[\"']?\s*[:=]\s*[\"']?)[^\s\"'&,}]{6,}"),
 ]
-_TRACEBACK = re.compile(r"Traceback \(most recent call last\):.*", re.DOTALL)
+# A traceback (to the end of the text: what follows it is its frames) and stray frame lines.
+_TRACEBACK = re.compile(r"\s*Traceback \(most recent call last\):.*", re.DOTALL)
 _FRAME = re.compile(r"\s*File \"[^\"]*\", line \d+(?:, in [^\n]*)?")
-# Filesystem paths: under a usual root, or ending in a file type that only a machine's files have.
+# Filesystem paths: under a usual root, or of two parts or more ending in a file extension.
+_STOP = "\\s'\":,;()\\[\\]"  # characters that end a path inside a message
 _PATH = re.compile(
-    r"(?<![\w.:/-])(?:"
-    r"/(?:home|root|usr|opt|var|tmp|etc|srv|mnt|private|Users|work|app|lib|proc|run|nix|snap)(?:/[\w.@+-]+)+"
-    r"|(?:/[\w.@+-]+)+\.(?:py|pyc|so|gguf|db|sqlite|log|yaml|yml|toml|cfg|ini|pem|key)\b"
-    r"|[A-Za-z]:\\(?:[\w .@+-]+\\)*[\w.@+-]+"
+    r"(?<![\w/.:-])(?:"
+    rf"/(?:home|root|usr|opt|tmp|var|work|srv|mnt|etc|app|data|lib|proc|run|nix|snap|private|Users)(?:/[^{_STOP}]+)+"
+    r"|(?:/[\w.@+-]+){2,}\.\w{1,8}\b"
+    rf"|[A-Za-z]:\\[^{_STOP}]+"
     r")"
 )
 _ENV_SECRET_NAME = re.compile(r"(?i)(api_?key|_key|token|secret|password)$")
@@ -75,7 +77,7 @@ class Scrubber:
 
     def message(self, text: str) -> str:
         """Error text: known secrets, key-like strings, tracebacks and file paths removed."""
-        text = _TRACEBACK.sub("[traceback removed]", text)
+        text = _TRACEBACK.sub(" [traceback removed]", text)
         text = _FRAME.sub("", text)
         text = _PATH.sub("<path>", text)
         return scrub(text, self.secrets)

@@ -130,6 +130,7 @@ class StreamRelay:
             raise too_large(self.gateway.settings.max_upstream_response_bytes)
         if not self.envelope:
             self.envelope = {k: body.get(k) for k in ("id", "created", "model", "system_fingerprint")}
+            self.exchange.completion_id = body.get("id") if isinstance(body.get("id"), str) else None
         for choice in body.get("choices") or ():
             if choice.get("index", 0) != 0:
                 continue
@@ -171,26 +172,38 @@ class StreamRelay:
         return payload
 
     def _closing_bytes(self) -> list[bytes]:
+        """The held-back closing chunks. Usage goes out as OpenAI sends it, alone in a chunk with
+        `choices: []` (litellm puts an empty choice beside it, which some clients read as a real one), and
+        only to a client that asked for it."""
         out: list[bytes] = []
         usage_sent = False
+        exact = self.exchange.backend is not None and self.exchange.backend.gguf_path is not None
         for chunk in self.closing:
             body = chunk.body
             if not _has_usage(body):
                 out.append(chunk.raw or sse(body))
                 continue
+            choices = [choice for choice in body.get("choices") or () if _carries_something(choice)]
+            envelope = {k: v for k, v in body.items() if k not in ("usage", "choices")}
+            if choices:
+                out.append(sse({**envelope, "choices": choices}))
             if self.include_usage:
-                exact = self.exchange.backend is not None and self.exchange.backend.gguf_path is not None
-                out.append(sse({**body, "usage": self._usage_payload()}) if exact else chunk.raw or sse(body))
+                if chunk.raw is not None and not body.get("choices") and not exact:
+                    out.append(chunk.raw)  # already in OpenAI's shape: the upstream's own bytes
+                else:
+                    usage = self._usage_payload() if exact else body["usage"]
+                    out.append(sse({**envelope, "choices": [], "usage": usage}))
                 usage_sent = True
-                continue
-            # The gateway asked for usage for its log; the client did not: strip it, drop a usage-only chunk.
-            stripped = {k: v for k, v in body.items() if k != "usage"}
-            if any(c.get("finish_reason") for c in stripped.get("choices") or ()):
-                out.append(sse(stripped))
         if self.include_usage and not usage_sent and self._usage_payload() is not None:
             usage_chunk = {**self.envelope, "object": "chat.completion.chunk", "choices": []}
             out.append(sse({**usage_chunk, "usage": self._usage_payload()}))
         return out
+
+
+def _carries_something(choice: dict[str, Any]) -> bool:
+    """Whether a streamed choice says anything: a finish reason, or a delta with some content."""
+    delta = choice.get("delta") or {}
+    return bool(choice.get("finish_reason")) or any(v not in (None, "", []) for v in delta.values())
 
 
 def log_client_gone(gateway: Gateway, exchange: Exchange, pieces: list[str], rest: AsyncIterator) -> None:

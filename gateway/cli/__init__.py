@@ -23,6 +23,7 @@ COMMANDS = {
     "serve": "gateway.cli.serve:serve",
     "import": "gateway.cli.logs:import_command",
     "logs": "gateway.cli.logs:logs",
+    "export": "gateway.cli.export:export",
     "demo": "demo.loop:demo",
     "mine": "internalizer.cli_mine:mine",
     "templates": "internalizer.cli_mine:templates",
@@ -76,8 +77,18 @@ def get_settings(ctx: click.Context) -> Settings:
     return root.obj["settings"]
 
 
-@click.group(cls=LazyGroup)
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("promptintern-gateway")
+    except PackageNotFoundError:  # run from a source checkout that was never installed
+        return "unknown (not installed)"
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config", type=click.Path(dir_okay=False), help="YAML settings file.")
+@click.version_option(_version(), "--version", "-V", prog_name="promptintern")
 @click.pass_context
 def main(ctx: click.Context, config: str | None) -> None:
     """PromptIntern Gateway: log LLM traffic, internalize recurring prompts, serve them locally."""

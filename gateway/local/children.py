@@ -2,10 +2,11 @@
 
 A GGUF that crashes llama.cpp (a bad file, an unsupported tensor type, a bug) kills the process that
 loaded it. In-process (`local_backend: llama_cpp`, gateway/local/pool.py) that process is the gateway; here
-it is a child, `python -m llama_cpp.server` serving one model under its model id on a loopback port, and
-the gateway talks to it with `RemoteLocalBackend` (gateway/local/remote.py) like to any OpenAI-compatible
-server. One child per model rather than one multi-model server: llama-cpp-python's `--config_file` server
-keeps one model loaded at a time and reloads on every switch.
+it is a child, llama-cpp-python's server (through gateway/upstream/llama_server.py) serving one model under
+its model id on a loopback port, and the gateway talks to it with `RemoteLocalBackend`
+(gateway/local/remote.py) like to any OpenAI-compatible server. One child per model rather than one
+multi-model server: llama-cpp-python's `--config_file` server keeps one model loaded at a time and reloads
+on every switch.
 
 - `prepare` starts the model's child and returns once it answers (LocalError if it cannot start: the
   router keeps the template upstream); a file that failed fails fast until it changes.
@@ -202,7 +203,7 @@ class LlamaServerPool:
 
     def _command(self, child: _Child, port: int) -> list[str]:
         return [
-            sys.executable, "-m", "llama_cpp.server",
+            sys.executable, "-m", "gateway.upstream.llama_server",  # llama_cpp.server, invalid requests 400
             "--model", child.gguf_path,
             "--model_alias", child.model_id,
             "--host", "127.0.0.1",

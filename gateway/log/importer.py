@@ -265,6 +265,7 @@ def to_row(
     params = {key: value for key, value in request.items() if key not in ("model", "messages")}
     return {
         "request_id": IMPORT_ID_PREFIX + digest[:32],
+        "completion_id": record.response_id,
         "startTime": record.timestamp or imported_at,
         "endTime": record.timestamp or imported_at,
         "model": model,

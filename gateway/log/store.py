@@ -147,7 +147,14 @@ def m005_requests_token_source(db: sqlite_utils.Database) -> None:
 
 
 @migration
-def m006_requests_sanitized(db: sqlite_utils.Database) -> None:
+def m006_requests_completion_id(db: sqlite_utils.Database) -> None:
+    # The `chatcmpl-...` id the client received, so a request a client reports can be found in the log.
+    db["requests"].add_column("completion_id", str)
+    db["requests"].create_index(["completion_id"])
+
+
+@migration
+def m007_requests_sanitized(db: sqlite_utils.Database) -> None:
     # What the gateway had to change to store a row (gateway/log/storable.py); NULL = stored as it came.
     db["requests"].add_column("sanitized", str)
 

@@ -66,6 +66,7 @@ GATEWAY_COLUMNS = (
     "counterfactual_completion_tokens",
     "counterfactual_spend",
     "counterfactual_cached_spend",
+    "completion_id",
 )
 # Columns a later update may set (a shadow run's answer; the status a client got when the commit was late)
 # or add to (a shadow run's compute and cost).

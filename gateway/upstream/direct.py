@@ -26,6 +26,8 @@ from gateway.upstream.errors import (
     UpstreamError,
     error_detail,
     error_for_status,
+    internal_error,
+    retry_after_seconds,
     timed_out,
     unreachable,
 )
@@ -76,12 +78,12 @@ class DirectTransport:
                 url, data=payload, headers=headers, timeout=self._json_timeout
             ) as resp:
                 status, content = resp.status, await self._read_capped(resp)
+                if status >= 400:
+                    raise self._status_error(resp, content)
         except Exception as exc:
             raise self.map_error(exc) from None
         finally:
             timing.backend_s += time.perf_counter() - started
-        if status >= 400:
-            raise error_for_status(status, error_detail(content), self.secrets)
         try:
             parsed = json.loads(content)
         except (ValueError, RecursionError):
@@ -109,8 +111,7 @@ class DirectTransport:
                 url, data=payload, headers=headers, timeout=self._stream_timeout
             ) as resp:
                 if resp.status >= 400:
-                    detail = error_detail(await self._read_capped(resp))
-                    raise error_for_status(resp.status, detail, self.secrets)
+                    raise self._status_error(resp, await self._read_capped(resp))
                 size, finished = 0, False
                 async for line in _lines(resp):
                     size += len(line)
@@ -136,6 +137,11 @@ class DirectTransport:
         except Exception as exc:
             raise self.map_error(exc) from None
 
+    def _status_error(self, resp: aiohttp.ClientResponse, content: bytes) -> UpstreamError:
+        return error_for_status(
+            resp.status, error_detail(content), self.secrets, retry_after_seconds(resp.headers)
+        )
+
     def map_error(self, exc: BaseException) -> UpstreamError:
         if isinstance(exc, UpstreamError):
             return exc
@@ -150,9 +156,7 @@ class DirectTransport:
                 code="upstream_error",
                 retryable=True,
             )
-        return UpstreamError(
-            502, f"Upstream call failed: {type(exc).__name__}.", code="upstream_error", retryable=False
-        )
+        return internal_error(exc)  # raised here, not by the upstream
 
 
 async def _lines(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:

@@ -81,6 +81,33 @@ def test_stream_and_non_stream_agree_and_log_exact_tokens(embedded):
         assert row["spend"] == pytest.approx(expected)
 
 
+def test_max_completion_tokens_is_honoured(embedded):
+    """What LangChain and newer SDKs send; llama.cpp's server reads only max_tokens."""
+    completion = embedded.client().chat.completions.create(
+        model=MODEL, messages=MESSAGES, max_completion_tokens=5, temperature=0
+    )
+    assert completion.usage.completion_tokens == 5 and completion.choices[0].finish_reason == "length"
+
+
+@pytest.mark.parametrize(
+    "change,param",
+    [
+        ({"messages": [{"role": "user"}]}, "messages.0.content"),
+        ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}},
+         "response_format.type"),
+    ],
+)  # fmt: skip
+def test_a_request_llama_cpp_rejects_is_a_400_naming_the_field(embedded, change, param):
+    body = {"model": MODEL, "messages": MESSAGES, **GREEDY, **change}
+    started = time.perf_counter()
+    response = httpx.post(f"{embedded.url}/chat/completions", json=body, timeout=60)
+    error = response.json()["error"]
+    assert response.status_code == 400 and error["param"] == param, error
+    assert "Traceback" not in error["message"] and "/" not in error["message"].split(":", 1)[1]
+    assert time.perf_counter() - started < 5  # answered at once: not retried as a server error
+    assert embedded.row(response.headers["x-request-id"])["status"] == 400
+
+
 def test_direct_transport_to_llama_cpp_matches_litellm(embedded):
     api_base = _health(embedded)["embedded"]["api_base"]
     direct_model = UpstreamModel(

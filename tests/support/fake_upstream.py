@@ -12,6 +12,11 @@ model at each failure):
   slow-<ms>        answers after <ms> milliseconds instead of the configured latency
   drip-<ms>        streams with <ms> milliseconds between chunks (for clients that leave mid-stream)
   leak-key         a careless provider: a 500 whose message quotes the Authorization header it received
+  leak-path        a careless server: a 500 whose message carries a traceback and its file paths
+  ratelimit-<s>    a 429 with `Retry-After: <s>` (seconds)
+
+A request with `tools` (and `tool_choice` not "none") is answered with a call of the first tool, its
+arguments `{"text": <the last user message>}`, streamed in two argument pieces when streaming.
 
 Misbehaviours, for fault-injection tests (each on both JSON and SSE unless said):
   echo-key         a 200 answer (and SSE content) quoting the Authorization header it received
@@ -171,9 +176,24 @@ class FakeUpstream:
         if model == "leak-key":
             await _send_error(send, 500, f"invalid request with header {authorization}", "server_error")
             return
+        if model == "leak-path":
+            message = (
+                "boom in /srv/fake/app/handler.py\n\nTraceback (most recent call last):\n"
+                '  File "/srv/fake/app/server.py", line 12, in handle'
+            )
+            await _send_error(send, 500, message, "server_error")
+            return
         if model.startswith("error-"):
             status = int(model.removeprefix("error-"))
             await _send_error(send, status, f"fake upstream failure {status}", "server_error")
+            return
+        if model.startswith("ratelimit-"):
+            headers = [(b"retry-after", model.removeprefix("ratelimit-").encode())]
+            await _send_error(send, 429, "fake upstream rate limit", "rate_limit_error", headers)
+            return
+        tool_call = _tool_call_for(body)
+        if tool_call is not None:
+            await self._tool_call(send, body, model, tool_call)
             return
         words, finish_reason, usage = reply_for(body)
         created = int(time.time())
@@ -320,6 +340,41 @@ class FakeUpstream:
         finally:
             watcher.cancel()
 
+    async def _tool_call(self, send: Send, body: dict[str, Any], model: str, call: dict[str, Any]) -> None:
+        completion_id, created = f"chatcmpl-fake{time.monotonic_ns()}", int(time.time())
+        prompt = sum(count_tokens(_message_text(m)) for m in body.get("messages") or [])
+        arguments = call["function"]["arguments"]
+        usage = {"prompt_tokens": prompt, "completion_tokens": count_tokens(arguments),
+                 "total_tokens": prompt + count_tokens(arguments)}  # fmt: skip
+        envelope = {"id": completion_id, "created": created, "model": model}
+        if not body.get("stream"):
+            message = {"role": "assistant", "content": None, "tool_calls": [call]}
+            choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": "tool_calls"}
+            await _send_json(send, 200, {**envelope, "object": "chat.completion", "choices": [choice],
+                                         "usage": usage})  # fmt: skip
+            return
+        headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        half = len(arguments) // 2
+        first = {
+            **call,
+            "index": 0,
+            "function": {"name": call["function"]["name"], "arguments": arguments[:half]},
+        }
+        deltas = [
+            ({"role": "assistant", "content": None, "tool_calls": [first]}, None),
+            ({"tool_calls": [{"index": 0, "function": {"arguments": arguments[half:]}}]}, None),
+            ({}, "tool_calls"),
+        ]
+        for delta, finish in deltas:
+            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+            chunk = {**envelope, "object": "chat.completion.chunk", "choices": [choice]}
+            await send({"type": "http.response.body", "body": _sse(chunk), "more_body": True})
+        if (body.get("stream_options") or {}).get("include_usage"):
+            chunk = {**envelope, "object": "chat.completion.chunk", "choices": [], "usage": usage}
+            await send({"type": "http.response.body", "body": _sse(chunk), "more_body": True})
+        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
+
     async def _stream(
         self,
         send: Send,
@@ -362,6 +417,18 @@ class FakeUpstream:
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
 
 
+def _tool_call_for(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The call of the request's first function tool, or None when it has no tools (or forbids calls)."""
+    tools = [t for t in body.get("tools") or [] if isinstance(t, dict) and t.get("type") == "function"]
+    if not tools or body.get("tool_choice") == "none":
+        return None
+    user_texts = [_message_text(m) for m in body.get("messages") or [] if m.get("role") == "user"]
+    arguments = json.dumps({"text": user_texts[-1] if user_texts else ""})
+    name = str((tools[0].get("function") or {}).get("name", ""))
+    return {"id": f"call_fake{time.monotonic_ns()}", "type": "function",
+            "function": {"name": name, "arguments": arguments}}  # fmt: skip
+
+
 def _model_card(model_id: str) -> dict[str, Any]:
     return {"id": model_id, "object": "model", "created": 0, "owned_by": "fake-upstream"}
 
@@ -379,16 +446,21 @@ async def _read_body(receive: Receive) -> bytes:
             return b"".join(parts)
 
 
-async def _send_json(send: Send, status: int, payload: dict[str, Any]) -> None:
+async def _send_json(
+    send: Send, status: int, payload: dict[str, Any], extra_headers: list[tuple[bytes, bytes]] = ()
+) -> None:
     body = json.dumps(payload).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += list(extra_headers)
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
-async def _send_error(send: Send, status: int, message: str, error_type: str) -> None:
+async def _send_error(
+    send: Send, status: int, message: str, error_type: str, headers: list[tuple[bytes, bytes]] = ()
+) -> None:
     error = {"message": message, "type": error_type, "param": None, "code": str(status)}
-    await _send_json(send, status, {"error": error})
+    await _send_json(send, status, {"error": error}, headers)
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:

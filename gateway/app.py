@@ -245,6 +245,9 @@ class GatewayHeaders:
                     await send({**message, "body": cleaned})
             except TimeoutError:
                 raise ClientStalled() from None
+            # After a disconnect uvicorn's send returns at once: yield, so the disconnect is noticed and the
+            # stream cancelled, rather than relaying buffered upstream data to nobody and logging a 200.
+            await asyncio.sleep(0)
 
         try:
             await self.app(scope, receive, send_with_headers)

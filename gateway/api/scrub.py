@@ -77,7 +77,7 @@ class Scrubber:
 
     def message(self, text: str) -> str:
         """Error text: known secrets, key-like strings, tracebacks and file paths removed."""
-        text = _TRACEBACK.sub(" [traceback removed]", text)
+        text = _TRACEBACK.sub("", text)
         text = _FRAME.sub("", text)
         text = _PATH.sub("<path>", text)
         return scrub(text, self.secrets)

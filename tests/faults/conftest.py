@@ -32,7 +32,7 @@ KEYS = (GATEWAY_KEY, UPSTREAM_KEY)
 BEHAVIOURS = [
     "echo", "echo-key", "usage-huge", "usage-sum", "usage-float", "usage-cached", "usage-negative",
     "content-list", "error-200", "truncate", "traceback", "not-json", "hang", "huge-20000000",
-    "flood-12000000", "scripted",
+    "flood-60000000", "scripted",
 ]  # fmt: skip
 LIMITS = {
     "body_read_timeout_s": 1.5,

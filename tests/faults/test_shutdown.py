@@ -19,7 +19,7 @@ ASK = [{"role": "user", "content": "a b c"}]
 
 
 def test_sigterm_with_everything_stuck(upstream, tmp_path):
-    behaviours = ["echo", "hang", "flood-12000000"]
+    behaviours = ["echo", "hang", "flood-60000000"]
     gateway = start_gateway_process(
         tmp_path / "home", upstream.url, behaviours, litellm=False, upstream_timeout_s=300
     )
@@ -39,7 +39,7 @@ def test_sigterm_with_everything_stuck(upstream, tmp_path):
     stalled = socket.socket()
     stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     stalled.connect((host, int(port)))
-    body = json.dumps({"model": "flood-12000000", "messages": ASK, "stream": True}).encode()
+    body = json.dumps({"model": "flood-60000000", "messages": ASK, "stream": True}).encode()
     stalled.sendall(request_head(host, body) + body)
     blocker = sqlite3.connect(gateway.home / "logs.db", isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")  # another process holds the write lock

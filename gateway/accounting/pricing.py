@@ -68,6 +68,16 @@ class Pricer:
         return model.name in self.settings.prices or model.litellm_model in self.settings.prices
 
 
+def counterfactual_price(pricer: Pricer, upstream: UpstreamModel) -> Price | None:
+    """The price of the full prompt at the upstream the client asked for; for a local upstream (priced per
+    compute-second), the litellm price of `settings.counterfactual_price_model`."""
+    prices = pricer.settings.prices
+    if upstream.local and upstream.name not in prices and upstream.litellm_model not in prices:
+        reference = pricer.settings.counterfactual_price_model
+        return pricer.price_for(UpstreamModel(name=reference, litellm_model=reference))
+    return pricer.price_for(upstream)
+
+
 def token_cost(price: Price, usage: Usage) -> float:
     """Cost of one request's tokens; cached prompt tokens at `cache_read_ratio` of the input price."""
     cached = min(usage.cached_prompt_tokens, usage.prompt_tokens)

@@ -7,48 +7,14 @@ in TASK_METRICS -> a function(prediction, reference) -> float; "bash" compares c
 
 from __future__ import annotations
 
-import re
 import shlex
-from collections import Counter
 from collections.abc import Callable, Sequence
 
-_FENCE = re.compile(r"^```[\w-]*\n?|\n?```$")
-
-
-def normalise(text: str) -> str:
-    """Strip code fences, a leading `$ ` prompt and surrounding space; collapse runs of whitespace."""
-    text = _FENCE.sub("", text.strip()).strip()
-    text = re.sub(r"^\$\s+", "", text)
-    return re.sub(r"\s+", " ", text).strip()
+from gateway.scoring import chrf, normalise
 
 
 def exact_match(prediction: str, reference: str) -> float:
     return float(normalise(prediction) == normalise(reference))
-
-
-def _char_ngrams(text: str, n: int) -> Counter[str]:
-    return Counter(text[i : i + n] for i in range(len(text) - n + 1))
-
-
-def chrf(prediction: str, reference: str, max_n: int = 6, beta: float = 2.0) -> float:
-    """Sentence chrF (Popović 2015): character n-gram F-beta, n = 1..6, whitespace ignored (as sacrebleu)."""
-    hyp, ref = re.sub(r"\s+", "", normalise(prediction)), re.sub(r"\s+", "", normalise(reference))
-    if not hyp or not ref:
-        return float(hyp == ref)
-    precisions, recalls = [], []
-    for n in range(1, max_n + 1):
-        h, r = _char_ngrams(hyp, n), _char_ngrams(ref, n)
-        if not h or not r:
-            continue
-        overlap = sum((h & r).values())
-        precisions.append(overlap / sum(h.values()))
-        recalls.append(overlap / sum(r.values()))
-    if not precisions:
-        return 0.0
-    p, r = sum(precisions) / len(precisions), sum(recalls) / len(recalls)
-    if p == 0 and r == 0:
-        return 0.0
-    return (1 + beta**2) * p * r / (beta**2 * p + r)
 
 
 _OPERATORS = {"|", "||", "&&", ";", "&", ">", ">>", "<", "2>", "2>&1", "|&", "<<", "<<<"}

@@ -8,7 +8,8 @@ import pytest
 
 from gateway.accounting.pricing import Pricer, counterfactual_price
 from gateway.log.writer import LogWriter
-from gateway.routing.agreement import agreement, normalise
+from gateway.routing.agreement import agreement
+from gateway.scoring import normalise
 from gateway.settings import Price, Settings, UpstreamModel
 
 

@@ -30,30 +30,14 @@ from pathlib import Path
 from typing import Any
 
 from gateway.local.backend import (
-    SUPPORTED_PARAMS,
-    LocalBackend,
     LocalDelta,
     LocalError,
     LocalOverloaded,
     LocalResult,
     LocalTimeout,
     Message,
-    unsupported_params,
 )
 from gateway.settings import Settings
-
-__all__ = [
-    "SUPPORTED_PARAMS",
-    "LlamaPool",
-    "LocalBackend",
-    "LocalDelta",
-    "LocalError",
-    "LocalOverloaded",
-    "LocalResult",
-    "LocalTimeout",
-    "sampling_kwargs",
-    "unsupported_params",
-]
 
 PREPARE_GRACE_S = 30.0  # a prepared model is not evicted before it had this long to take traffic
 
@@ -99,10 +83,6 @@ class _Loaded:
     protected_until: float = 0.0
     retiring: bool = False
     closed: bool = field(default=False)
-
-
-class _Cancelled(Exception):
-    pass
 
 
 class LlamaPool:

@@ -47,6 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.gateway_overhead_report import MODES, write_markdown, write_plot  # noqa: E402
 from demo.nl2bash_app import build_requests  # noqa: E402
+from gateway.environment import apply_defaults  # noqa: E402
 from gateway.loopback import bind_free_socket  # noqa: E402
 from tests.support.fake_upstream import FakeUpstreamProcess  # noqa: E402
 
@@ -334,7 +335,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    apply_defaults()
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     pin = len(cpus) >= 2 and not args.no_pin
     server_cpus = {cpus[-1]} if pin else None  # the server under test gets the last core to itself

@@ -28,6 +28,7 @@ from gateway.api.chat import chat_completions
 from gateway.api.dashboard import router as dashboard_router
 from gateway.api.errors import GatewayError, install_error_handlers
 from gateway.api.metrics import GatewayMetrics
+from gateway.environment import apply_defaults
 from gateway.local.factory import make_local_backend
 from gateway.local.tokens import TokenCounters
 from gateway.log.writer import LogWriter
@@ -45,6 +46,7 @@ OVERHEAD_HEADER = b"x-promptintern-overhead-ms"
 
 def create_app(settings: Settings) -> FastAPI:
     """A gateway app for these settings."""
+    apply_defaults()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

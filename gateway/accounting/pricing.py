@@ -10,17 +10,17 @@ from __future__ import annotations
 import functools
 import importlib.util
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gateway.environment import apply_defaults
 from gateway.settings import Price, Settings, UpstreamModel
 
 
 def import_litellm():
     """litellm, imported on first use (slow to import), never allowed to fetch its cost map online."""
-    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    apply_defaults()
     import litellm
 
     litellm.suppress_debug_info = True

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -172,3 +173,30 @@ def test_every_online_and_demo_module_imports():
     ]
     code = "import importlib, sys\nfor name in sys.argv[1:]:\n    importlib.import_module(name)\n"
     subprocess.run([sys.executable, "-c", code, *names], cwd=ROOT, check=True, timeout=300)
+
+
+def test_the_wheel_ships_the_demo_data_and_no_tests(tmp_path):
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            ".",
+        ],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    (wheel,) = tmp_path.glob("*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    for name in ("train.jsonl", "dev.jsonl", "LICENSE", "ATTRIBUTION.md"):
+        assert f"demo/data/nl2bash/{name}" in names
+    assert "gateway/app.py" in names and "internalizer/train.py" in names
+    assert not [n for n in names if n.startswith(("tests/", "benchmarks/"))]

@@ -7,79 +7,18 @@ in TASK_METRICS -> a function(prediction, reference) -> float; "bash" compares c
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Callable, Sequence
 
 from gateway.scoring import chrf, normalise
+from internalizer.bash_template import bash_template
 
 
 def exact_match(prediction: str, reference: str) -> float:
     return float(normalise(prediction) == normalise(reference))
 
 
-_OPERATORS = {"|", "||", "&&", ";", "&", ">", ">>", "<", "2>", "2>&1", "|&", "<<", "<<<"}
-
-
-def bash_template(command: str) -> list[str]:
-    """Utilities, flags and operators of a command in order; every other word becomes ARG."""
-    command = normalise(command)
-    try:
-        return _bashlex_template(command)
-    except Exception:  # bashlex rejects much real shell; shlex is the rough fallback
-        return _shlex_template(command)
-
-
-def _bashlex_template(command: str) -> list[str]:
-    import bashlex
-
-    out: list[str] = []
-
-    class Visitor(bashlex.ast.nodevisitor):
-        def visitcommand(self, node, parts):  # noqa: N802 (bashlex's API)
-            first = True
-            for part in parts:
-                if part.kind == "word":
-                    word = part.word
-                    if first:
-                        out.append(word)
-                        first = False
-                    else:
-                        out.append(word if word.startswith("-") else "ARG")
-                elif part.kind == "redirect":
-                    out.append(str(part.type))
-                    out.append("ARG")
-
-        def visitoperator(self, node, op):  # noqa: N802
-            out.append(op)
-
-        def visitpipe(self, node, pipe):  # noqa: N802
-            out.append(pipe)
-
-    for tree in bashlex.parse(command):
-        Visitor().visit(tree)
-    return out
-
-
-def _shlex_template(command: str) -> list[str]:
-    try:
-        words = shlex.split(command, posix=True)
-    except ValueError:
-        words = command.split()
-    out, first = [], True
-    for word in words:
-        if word in _OPERATORS:
-            out.append(word)
-            first = True
-        elif first:
-            out.append(word)
-            first = False
-        else:
-            out.append(word if word.startswith("-") else "ARG")
-    return out
-
-
 def bash_template_match(prediction: str, reference: str) -> float:
-    return float(bash_template(prediction) == bash_template(reference))
+    return float(bash_template(normalise(prediction)) == bash_template(normalise(reference)))
 
 
 TASK_METRICS: dict[str, Callable[[str, str], float]] = {"bash": bash_template_match}

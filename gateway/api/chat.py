@@ -1,4 +1,4 @@
-"""`POST /v1/chat/completions`: auth -> parse/validate -> choose a backend -> call -> log -> respond.
+"""`POST /v1/chat/completions`: auth -> parse/validate -> resolve model -> match -> call -> log -> respond.
 
 Authentication comes before parsing so an unauthenticated caller costs neither a JSON parse nor a logged
 prompt. Every request, failed or not, becomes one `requests` row, and that row is committed before the
@@ -16,9 +16,10 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
+from gateway.accounting.ledger import Template
 from gateway.api.errors import GatewayError, validation_message
 from gateway.api.exchange import Exchange, log_exchange, log_unavailable, usage_from
-from gateway.api.local_serving import accounting_for, schedule_shadow, serve_local
+from gateway.api.local_serving import schedule_shadow, serve_local
 from gateway.api.schemas import ChatCompletionRequest
 from gateway.api.streaming import stream_response
 from gateway.state import Gateway
@@ -36,13 +37,9 @@ async def chat_completions(request: Request, gateway: Gateway) -> Response:
             exchange.model_requested = body["model"]
         exchange.stream = body.get("stream") is True
         chat_request = validate(body)
-        choice = gateway.choose_backend(chat_request, gateway.registry)
-        exchange.backend, exchange.route, exchange.template_id = (
-            choice.model,
-            choice.route,
-            choice.template_id,
-        )
-        if (chat_request.n or 1) > 1 and not choice.model.supports_n:
+        backend = gateway.registry.resolve(chat_request.model)
+        exchange.backend, exchange.route = backend, "upstream"
+        if (chat_request.n or 1) > 1 and not backend.supports_n:
             raise GatewayError(
                 400,
                 f"n={chat_request.n} is not supported by the backend for '{chat_request.model}'; "
@@ -50,11 +47,10 @@ async def chat_completions(request: Request, gateway: Gateway) -> Response:
                 code="unsupported_parameter",
                 param="n",
             )
-        send_body = choice.body if choice.body is not None else body
-        decision = gateway.router.decide(body) if gateway.router is not None and choice.body is None else None
+        decision = gateway.router.decide(body) if gateway.router is not None else None
         if decision is not None:  # a mined template: maybe served locally, always accounted for
             exchange.template_id = decision.template_id
-            exchange.accounting = accounting_for(gateway, choice.model, decision, body["messages"])
+            exchange.template = Template(backend, body["messages"], list(decision.match.slots.values()))
             if decision.mode == "local":
                 local_response = await serve_local(gateway, exchange, decision, chat_request, body)
                 if local_response is not None:
@@ -62,8 +58,8 @@ async def chat_completions(request: Request, gateway: Gateway) -> Response:
             elif decision.mode == "shadow":
                 schedule_shadow(gateway, exchange, decision, body)
         if chat_request.stream:
-            return await stream_response(gateway, exchange, send_body, chat_request.include_usage)
-        reply = await gateway.upstream.complete(choice.model, send_body, exchange.timing)
+            return await stream_response(gateway, exchange, body, chat_request.include_usage)
+        reply = await gateway.upstream.complete(backend, body, exchange.timing)
         choices = reply.body.get("choices") or [{}]
         exchange.response_text = (choices[0].get("message") or {}).get("content")
         exchange.finish_reason = choices[0].get("finish_reason")

@@ -135,14 +135,19 @@ with open(config, "w") as file:
 answers = []
 
 
-def run(app, **kwargs):  # `serve` up to uvicorn: the app it built answers one request
+def run(app):  # `serve` up to uvicorn: the app it built answers one request
     with TestClient(app) as client:
         reply = client.post("/v1/chat/completions", json={"model": "m", "messages": [
             {"role": "user", "content": "hello there"}]})
         answers.append(reply.json()["choices"][0]["message"]["content"])
 
 
-uvicorn.run = run
+def serve_once(server, sockets=None):  # in place of uvicorn.Server.run, which would serve forever
+    run(server.config.app)
+    server.started = True
+
+
+uvicorn.Server.run = serve_once
 result = runner.invoke(main, ["--config", config, "serve"])
 fake.stop()
 assert result.exit_code == 0 and answers == ["echo: hello there"], (result.output, answers)

@@ -120,9 +120,13 @@ class Settings(BaseSettings):
     embedded_start_timeout_s: float = 120.0
 
     # Local serving of internalized models (gateway/local/).
-    # "llama_cpp" = in-process llama.cpp; "remote" = an OpenAI-compatible server (llama.cpp server, vLLM)
-    # at local_api_base serving each model under its model id.
-    local_backend: Literal["llama_cpp", "remote"] = "llama_cpp"
+    # "llama_cpp_server" (default) = one supervised `python -m llama_cpp.server` child per model
+    # (gateway/local/children.py): a GGUF that crashes llama.cpp kills the child, not the gateway;
+    # "llama_cpp" = llama.cpp in the gateway's process (no process hop; a crash takes the gateway down);
+    # "remote" = an OpenAI-compatible server (llama.cpp server, vLLM) at local_api_base serving each model
+    # under its model id.
+    local_backend: Literal["llama_cpp_server", "llama_cpp", "remote"] = "llama_cpp_server"
+    local_start_timeout_s: float = 60.0  # a local model's server must answer within this after its start
     local_api_base: str | None = None
     local_api_key: SecretStr | None = None
     local_max_loaded: int = 2  # models kept loaded at once; the least recently used is evicted
@@ -146,6 +150,19 @@ class Settings(BaseSettings):
     # (the embedded llama.cpp default has no token price): a litellm cost-map model name, so the offline
     # demo reports dollars as if the full prompt had gone to this provider model.
     counterfactual_price_model: str = "gpt-4o-mini"
+
+    # ---- limits: what one request, upstream reply or client may cost the gateway (defaults no ordinary
+    # client or provider reaches; each exists so a hostile or broken one cannot take the gateway down).
+    body_read_timeout_s: float = 60.0  # the whole request body must arrive within this (else 408)
+    stream_write_timeout_s: float = 60.0  # a stream client that takes nothing for this long is dropped
+    max_upstream_response_bytes: int = 32 * 1024 * 1024  # a bigger upstream answer is a 502
+    max_messages: int = 10_000
+    max_json_depth: int = 64  # nesting of the request body (tool schemas nest ~10 deep)
+    offload_parse_bytes: int = 256 * 1024  # bodies past this are parsed and validated off the event loop
+    log_commit_timeout_s: float = 10.0  # a request waits this long for its row's commit, then 503
+    log_busy_timeout_ms: int = 2000  # SQLite waits this long for another process's write lock per try
+    log_max_field_bytes: int = 4 * 1024 * 1024  # longer log fields are cut, with a marker
+    shutdown_timeout_s: float = 3.0  # SIGTERM: in-flight requests get this long, then the server stops
 
     # Added for client compatibility. A 429's Retry-After is honoured up to this many seconds; a longer wait
     # is left to the client, which gets the 429 with the upstream's Retry-After.

@@ -8,6 +8,7 @@ from gateway.accounting.ledger import Ledger
 from gateway.api.auth import Authenticator
 from gateway.api.backends import ModelRegistry
 from gateway.api.metrics import GatewayMetrics
+from gateway.api.scrub import Scrubber
 from gateway.local.tokens import TokenCounters
 from gateway.log.writer import LogWriter
 from gateway.routing.router import Router
@@ -26,4 +27,5 @@ class Gateway:
     auth: Authenticator
     token_counters: TokenCounters = field(default_factory=TokenCounters)
     router: Router | None = None  # None: routing disabled, every request goes upstream
+    scrubber: Scrubber = field(default_factory=Scrubber)  # what leaves the gateway carries no secret
     metrics_auth: Authenticator = field(default_factory=lambda: Authenticator([]))  # api + metrics keys

@@ -12,6 +12,7 @@ import sqlite_utils
 
 from gateway.cli import CliError, get_settings
 from gateway.log.store import open_db
+from gateway.routing.routes_store import like_prefix
 from gateway.settings import Settings
 
 # Failures a user can act on; anything else is a bug and keeps its traceback.
@@ -46,7 +47,8 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _resolve_template(db: sqlite_utils.Database, prefix: str) -> str:
-    rows = [r["id"] for r in db.query("select id from templates where id like ?", [prefix + "%"])]
+    sql = "select id from templates where id like ? escape '\\'"
+    rows = [r["id"] for r in db.query(sql, [like_prefix(prefix)])]
     if prefix in rows:
         return prefix
     if len(rows) == 1:
@@ -253,7 +255,10 @@ def _change_status(ctx: click.Context, model_id: str, action: str) -> None:
 
     db = _open(get_settings(ctx))
     try:
-        row = registry.activate(db, model_id) if action == "activate" else registry.retire(db, model_id)
+        if action == "activate":  # a person asked: the route serves this model (mode active)
+            row = registry.activate(db, model_id, by_operator=True)
+        else:
+            row = registry.retire(db, model_id)
     except registry.RegistryError as exc:
         raise CliError(str(exc)) from exc
     click.echo(f"model {row['id']} is now {row['status']} (template {row['template_id']})")

@@ -11,7 +11,7 @@ stream the header covers the time up to the first chunk and the row covers the w
 
 from __future__ import annotations
 
-import json
+import asyncio
 import logging
 import time
 import uuid
@@ -23,7 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 from gateway.accounting.ledger import Served, Template
 from gateway.accounting.pricing import Usage
 from gateway.api.errors import GatewayError
-from gateway.log.writer import content_hash
+from gateway.log.writer import LogTimeout, content_hash, json_text
 from gateway.settings import UpstreamModel
 from gateway.state import Gateway
 from gateway.upstream.client import Timing
@@ -58,6 +58,7 @@ class Exchange:
         self.timing = Timing()
         self.api_key_id: str | None = None
         self.body: dict[str, Any] | None = None
+        self.large = False  # a body past offload_parse_bytes: its row is built off the event loop
         self.model_requested: str | None = None
         self.backend: UpstreamModel | None = None
         self.route = "none"
@@ -67,6 +68,9 @@ class Exchange:
         self.response_text: str | None = None
         self.finish_reason: str | None = None
         self.usage: Usage | None = None
+        self.upstream_dropped: list[
+            str
+        ] = []  # reply fields dropped as invalid (gateway/upstream/validate.py)
         # Routing (gateway/routing/router.py): time spent waiting on a local model (not gateway overhead), the
         # compute it used, why it was given up (a fallback), and the template matched (for its accounting).
         self.local_wait_s = 0.0
@@ -131,8 +135,8 @@ class Exchange:
             "model_served": backend.litellm_model if backend else None,
             "api_base": _without_credentials(backend.api_base) if backend else None,
             "route": self.route,
-            "messages": json.dumps(messages, ensure_ascii=False) if messages is not None else None,
-            "params": json.dumps(params, ensure_ascii=False) if self.body is not None else None,
+            "messages": json_text(messages, yielding=self.large) if messages is not None else None,
+            "params": json_text(params, yielding=self.large) if self.body is not None else None,
             "stream": int(self.stream),
             "response": self.response_text,
             "finish_reason": self.finish_reason,
@@ -146,13 +150,38 @@ class Exchange:
             "status": status,
             "error": error,
             "error_code": error_code,  # metrics only; not a column
+            "upstream_dropped": self.upstream_dropped,  # metrics only; named in `sanitized`
+            "sanitized": ("upstream_dropped:" + "+".join(self.upstream_dropped))
+            if self.upstream_dropped
+            else None,
             "upstream_s": self.timing.backend_s,  # metrics only; not a column
             "source": "gateway",
-            "content_hash": content_hash(messages, params, self.response_text)
+            "content_hash": content_hash(messages, params, self.response_text, yielding=self.large)
             if self.body is not None
             else None,
             "template_id": self.template_id,
             **money,
+        }
+
+    def minimal_row(self, status: int, error: str | None, error_code: str | None) -> dict:
+        """The row when `row()` failed: what the request was and how it ended, no accounting."""
+        latency_ms = self.elapsed_ms()
+        return {
+            "request_id": self.request_id,
+            "startTime": _iso(self.started_wall),
+            "endTime": _iso(self.started_wall + latency_ms / 1000),
+            "api_key_id": self.api_key_id,
+            "model": self.model_requested,
+            "route": self.route,
+            "stream": int(self.stream),
+            "response": self.response_text,
+            "latency_ms": latency_ms,
+            "status": status,
+            "error": error,
+            "error_code": error_code,
+            "source": "gateway",
+            "template_id": self.template_id,
+            "sanitized": "row:minimal",
         }
 
 
@@ -176,10 +205,25 @@ async def log_exchange(
     gateway: Gateway, exchange: Exchange, status: int, error: GatewayError | None = None
 ) -> bool:
     """Commit the request's row (awaiting the group commit); False if the database refused it."""
-    money = await gateway.ledger.columns_async(exchange.served(status))
-    row = exchange.row(status, money, error.message if error else None, error.code if error else None)
+    message, code = (error.message, error.code) if error else (None, None)
     try:
-        await gateway.writer.write(row)
+        money = await gateway.ledger.columns_async(exchange.served(status))
+        if exchange.large:
+            row = await asyncio.to_thread(exchange.row, status, money, message, code)
+        else:
+            row = exchange.row(status, money, message, code)
+    except Exception as exc:  # a bug in building the row must not lose it: keep what surely works
+        log.error("request %s: log row degraded: %s", exchange.request_id, type(exc).__name__)
+        row = exchange.minimal_row(status, message, code)
+    try:
+        await gateway.writer.write(row, gateway.settings.log_commit_timeout_s)
+    except LogTimeout:
+        # The row stays queued and lands when the database allows, with the status the client got.
+        late = log_unavailable()
+        gateway.writer.submit_update(exchange.request_id, {"status": late.status, "error": late.message})
+        log.error("request %s: log commit timed out; answered 503", exchange.request_id)
+        row = {**row, "status": late.status, "error_code": late.code}
+        return False
     except Exception as exc:
         log.error("request %s not logged: %s", exchange.request_id, type(exc).__name__)
         return False

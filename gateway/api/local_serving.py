@@ -18,13 +18,13 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 
 from gateway.accounting.pricing import Usage
 from gateway.api.errors import GatewayError
 from gateway.api.exchange import Exchange, log_exchange, log_unavailable
 from gateway.api.schemas import ChatCompletionRequest
-from gateway.api.streaming import log_client_gone, sse
+from gateway.api.streaming import ClosingStreamingResponse, log_client_gone, sse
 from gateway.local.backend import LocalDelta, LocalResult
 from gateway.routing.agreement import agreement
 from gateway.routing.router import Decision
@@ -50,7 +50,7 @@ async def serve_local(
             exchange.local_wait_s += time.perf_counter() - started
             relay = LocalStream(gateway, exchange, request)
             headers = {**exchange.headers(), "cache-control": "no-cache"}
-            return StreamingResponse(
+            return ClosingStreamingResponse(
                 relay.run(first, stream), media_type="text/event-stream", headers=headers
             )
         result = await backend.chat(route.model_id, route.gguf_path, decision.local_messages, body)

@@ -72,6 +72,12 @@ class GatewayMetrics:
             ["route", "template"],
             registry=self.registry,
         )
+        self.dropped = Counter(
+            "promptintern_upstream_fields_dropped",
+            "Upstream reply fields dropped as invalid (usage counts that are not sane integers)",
+            ["field"],
+            registry=self.registry,
+        )
 
     def _histogram(self, name: str, documentation: str, buckets: tuple[float, ...]) -> Histogram:
         return Histogram(name, documentation, ["route", "model"], buckets=buckets, registry=self.registry)
@@ -98,6 +104,8 @@ class GatewayMetrics:
                 self.tokens.labels(route, model, kind).inc(value)
         if row.get("spend"):
             self.spend.labels(route, model).inc(row["spend"])
+        for field in row.get("upstream_dropped") or ():
+            self.dropped.labels(field).inc()
         if row.get("template_id"):  # templates are mined from the log: a bounded set of labels
             self.routed.labels(route, row["template_id"]).inc()
 

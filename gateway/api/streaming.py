@@ -21,6 +21,21 @@ from gateway.api.errors import GatewayError
 from gateway.api.exchange import Exchange, log_exchange, log_unavailable, usage_from
 from gateway.state import Gateway
 from gateway.upstream.client import Chunk, UpstreamError
+from gateway.upstream.validate import answer_chars, check_chunk, too_large
+
+
+class ClosingStreamingResponse(StreamingResponse):
+    """A StreamingResponse that closes its generator however the response ends (client gone, client
+    stalled, error), so the relay's cleanup (log the row, close the upstream stream) runs right away
+    rather than whenever the garbage collector finds the suspended generator."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            aclose = getattr(self.body_iterator, "aclose", None)
+            if aclose is not None:
+                await aclose()
 
 
 def sse(payload: dict[str, Any]) -> bytes:
@@ -44,7 +59,7 @@ async def stream_response(
     first, rest = await gateway.upstream.open_stream(exchange.backend, upstream_body, exchange.timing)
     relay = StreamRelay(gateway, exchange, include_usage)
     headers = {**exchange.headers(), "cache-control": "no-cache"}  # overhead so far; the log has the total
-    return StreamingResponse(relay.run(first, rest), media_type="text/event-stream", headers=headers)
+    return ClosingStreamingResponse(relay.run(first, rest), media_type="text/event-stream", headers=headers)
 
 
 class StreamRelay:
@@ -56,6 +71,7 @@ class StreamRelay:
         self.closing: list[Chunk] = []
         self.envelope: dict[str, Any] = {}  # id/created/model of the stream, for a usage chunk we add
         self.logged = False  # the row has been handed to the writer
+        self.size = 0  # bytes (or characters) received so far, against max_upstream_response_bytes
 
     async def run(self, first: Chunk, rest: AsyncIterator[Chunk]) -> AsyncIterator[bytes]:
         try:
@@ -83,6 +99,7 @@ class StreamRelay:
                     exchange.timing.backend_s += time.perf_counter() - started
         except UpstreamError as exc:  # broke after it started: too late to retry or to change the status
             error = exc
+            exchange.finish_reason = None  # a truncated answer did not finish, whatever litellm said
         except Exception as exc:
             assert exchange.backend is not None
             error = self.gateway.upstream.map_error(exchange.backend, exc)
@@ -104,6 +121,13 @@ class StreamRelay:
     def _take(self, chunk: Chunk) -> bytes | None:
         """Record one chunk; return the bytes to send now (None: held back or not for the client)."""
         body = chunk.body
+        dropped = check_chunk(body)  # raises UpstreamError: the relay ends with an error event
+        if dropped:
+            self.exchange.upstream_dropped += dropped
+            chunk = Chunk(body)  # its raw bytes still carry what was dropped
+        self.size += len(chunk.raw) if chunk.raw is not None else answer_chars(body)
+        if self.size > self.gateway.settings.max_upstream_response_bytes:
+            raise too_large(self.gateway.settings.max_upstream_response_bytes)
         if not self.envelope:
             self.envelope = {k: body.get(k) for k in ("id", "created", "model", "system_fingerprint")}
             self.exchange.completion_id = body.get("id") if isinstance(body.get("id"), str) else None

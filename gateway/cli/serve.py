@@ -84,7 +84,11 @@ def serve(ctx: click.Context, host: str | None, port: int | None, log_level: str
         click.echo(f"PromptIntern gateway on {url}/v1  upstream: {upstreams}  {auth}", err=True)
         click.echo(f"dashboard: {url}/dashboard  request log: {settings.db_path}", err=True)
 
-    config = uvicorn.Config(create_app(settings), log_level=log_level, access_log=False, lifespan="on")
+    # In-flight requests get shutdown_timeout_s after SIGTERM: a hung client or upstream cannot hold it.
+    config = uvicorn.Config(
+        create_app(settings), log_level=log_level, access_log=False, lifespan="on",
+        timeout_graceful_shutdown=settings.shutdown_timeout_s,
+    )  # fmt: skip
     server = AnnouncingServer(config, announce)
     server.run(sockets=[sock])
     if not server.started:

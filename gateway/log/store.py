@@ -153,14 +153,20 @@ def m006_requests_completion_id(db: sqlite_utils.Database) -> None:
     db["requests"].create_index(["completion_id"])
 
 
-def open_db(path: str | Path) -> sqlite_utils.Database:
+@migration
+def m007_requests_sanitized(db: sqlite_utils.Database) -> None:
+    # What the gateway had to change to store a row (gateway/log/storable.py); NULL = stored as it came.
+    db["requests"].add_column("sanitized", str)
+
+
+def open_db(path: str | Path, busy_timeout_ms: int = 10000) -> sqlite_utils.Database:
     """Open (creating if needed) a log database in WAL mode with every migration applied."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     db = sqlite_utils.Database(path)
     db.conn.execute("PRAGMA journal_mode=WAL")
     db.conn.execute("PRAGMA synchronous=NORMAL")  # durable across process kills in WAL mode
-    db.conn.execute("PRAGMA busy_timeout=10000")
+    db.conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
     migrate(db)
     return db
 

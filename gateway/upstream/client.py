@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import httpx
 import openai
+import pydantic
 
 from gateway.accounting.pricing import import_litellm
 from gateway.settings import Settings, UpstreamModel
@@ -35,12 +36,14 @@ from gateway.upstream.errors import (
     UpstreamDetail,
     UpstreamError,
     error_detail,
+    error_detail_of,
     error_for_status,
     internal_error,
     retry_after_seconds,
     timed_out,
     unreachable,
 )
+from gateway.upstream.validate import bad_reply, truncated_stream
 
 log = logging.getLogger("promptintern.gateway")
 
@@ -112,6 +115,11 @@ class LiteLLMTransport:
             response = await self.litellm.acompletion(**self._kwargs(model, body))
             async for chunk in response:
                 yield Chunk(_clean(chunk.model_dump(exclude_none=True)))
+            # litellm closes a stream the upstream cut short with a finish_reason of its own making.
+            if getattr(response, "received_finish_reason", "") is None and not getattr(
+                response, "intermittent_finish_reason", None
+            ):
+                raise truncated_stream()
         except Exception as exc:
             raise self.map_error(exc) from None
 
@@ -133,6 +141,17 @@ class LiteLLMTransport:
         broken = openai.APIConnectionError | httpx.TransportError | aiohttp.ClientError | ConnectionError
         if any(isinstance(e, broken) for e in evidence):
             return unreachable(self.secrets)
+        for e in evidence:  # a 200 the provider sent that is not a completion: the upstream's fault, a 502
+            if isinstance(e, pydantic.ValidationError) or "Invalid response object" in str(e):
+                return bad_reply("a reply that is not a valid completion")
+            # An `error` object inside a 200 (JSON or a stream event): litellm raises it as a bare Exception
+            # with the provider's message, or the openai SDK as an APIError.
+            if isinstance(e, openai.APIError) or (
+                type(e) is Exception and isinstance(exc, self.litellm.APIError)
+            ):
+                detail = error_detail_of(getattr(e, "message", None) or str(e))
+                return UpstreamError(502, f"Upstream answered with an error: {detail}", code="upstream_error",
+                                     retryable=False)  # fmt: skip
         status = getattr(exc, "status_code", None)
         if not evidence and isinstance(status, int) and 400 <= status < 500:
             # litellm refused the request itself (a parameter this provider lacks): the client's to fix

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from gateway.api.errors import GatewayError, scrub
+from gateway.api.errors import GatewayError
+from gateway.api.scrub import Scrubber
 
 
 @dataclass
@@ -151,23 +152,17 @@ def _identifier(value: object) -> str | None:
     return value if isinstance(value, str) and _IDENTIFIER.match(value) else None
 
 
-# A server's traceback (llama-cpp-python appends one to its 500s) and file paths tell a client nothing it
-# needs and describe the server's disk: absolute paths with a file extension or under a usual root.
-_TRACEBACK = re.compile(r"(\n\s*Traceback \(most recent call last\)|\n\s*File \").*", re.DOTALL)
-_STOP = "\\s'\":,;()\\[\\]"  # characters that end a path inside a message
-_PATH = re.compile(
-    r"(?<![\w/.:-])(?:"
-    rf"/(?:home|root|usr|opt|tmp|var|work|srv|mnt|etc|app|data|private|Users)(?:/[^{_STOP}]+)+"
-    r"|(?:/[\w.@+-]+){2,}\.\w{1,8}\b"
-    rf"|[A-Za-z]:\\[^{_STOP}]+"
-    r")"
-)
-
-
 def clean_upstream_message(text: str, secrets: list[str]) -> str:
-    """An upstream's message fit for a client and the log: no secrets, no traceback, no file paths."""
-    text = _TRACEBACK.sub("", scrub(text, secrets))
-    return _PATH.sub("<path>", text).strip()[:500]
+    """An upstream's message fit for a client and the log: no secrets, no traceback, no file paths (the one
+    scrubber, gateway/api/scrub.py; llama-cpp-python appends a traceback to its 500s)."""
+    return Scrubber(secrets).message(text).strip()[:500]
+
+
+def error_detail_of(error: object) -> str:
+    """The message of an `error` member (an object or a string), scrubbed of paths, tracebacks and keys."""
+    if isinstance(error, dict):
+        error = error.get("message") or error
+    return clean_upstream_message(str(error), [])
 
 
 def retry_after_seconds(headers: Mapping[str, str] | None) -> float | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import subprocess
@@ -12,7 +13,7 @@ import httpx
 import openai
 import pytest
 
-from gateway.api.auth import Authenticator, key_id
+from gateway.api.auth import Authenticator, install_secret, key_id
 from gateway.api.errors import GatewayError
 from gateway.settings import Settings
 from tests.gateway.conftest import fake_models, start_gateway
@@ -43,8 +44,13 @@ def test_each_configured_key_works_and_only_its_hash_is_logged(secured, key):
     )
     assert raw.parse().choices[0].message.content == "echo: hello"
     row = secured.row(raw.headers["x-request-id"])
-    assert row["api_key_id"] == key_id(key) and row["api_key_id"].startswith("key-")
+    secret = install_secret(secured.settings.home)
+    assert row["api_key_id"] == key_id(key, secret) and row["api_key_id"].startswith("key-")
     assert key not in json.dumps(row)
+    # A plain hash of the key (what a guesser would try) is not its id.
+    assert row["api_key_id"] != "key-" + hashlib.sha256(key.encode()).hexdigest()[:16]
+    secret_file = secured.settings.home / "install-secret"
+    assert secret_file.stat().st_mode & 0o777 == 0o600
 
 
 @pytest.mark.parametrize("bad_key", ["wrong-key", KEYS[0] + "x", KEYS[0][:-1], "GW-KEY-ALPHA-123456"])

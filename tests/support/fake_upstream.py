@@ -18,6 +18,23 @@ model at each failure):
 A request with `tools` (and `tool_choice` not "none") is answered with a call of the first tool, its
 arguments `{"text": <the last user message>}`, streamed in two argument pieces when streaming.
 
+Misbehaviours, for fault-injection tests (each on both JSON and SSE unless said):
+  echo-key         a 200 answer (and SSE content) quoting the Authorization header it received
+  usage-huge       usage.prompt_tokens = 2**64          usage-sum    prompt and completion 2**62 each
+  usage-float      usage.prompt_tokens = 1e30           usage-cached cached_tokens = 2**70
+  usage-negative   usage.completion_tokens = -5
+  content-list     message content is a list (JSON); delta content is an int (SSE)
+  error-200        a 200 whose body (or first SSE event) is {"error": {...}}
+  truncate         SSE: two content chunks, then a clean close: no finish_reason, no [DONE]
+  huge-<bytes>     an answer of that many bytes
+  traceback        a 500 whose message is a Python traceback with file paths
+  not-json         a 200 whose body is not JSON
+  scripted         answers with `FakeUpstream.script` = (status, content type, body bytes) as it is
+                   (a property test sets it before each request)
+  flood-<bytes>    SSE: that many bytes of content in 64 KiB chunks, as fast as the reader takes them
+                   (`floods` records, per stream, the chunks sent and whether the reader hung up before
+                   reading it all)
+
 Every request body it receives is kept (most recent last) and served at `GET /fake/requests`, so tests can
 check what the gateway forwarded (extra fields passed through, no gateway key leaked).
 
@@ -30,6 +47,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import json
 import socket
 import subprocess
@@ -92,6 +110,8 @@ class FakeUpstream:
         self.latency_s = latency_s
         self.received: collections.deque[dict[str, Any]] = collections.deque(maxlen=keep_requests)
         self.url: str | None = None
+        self.floods: list[dict[str, Any]] = []
+        self.script: tuple[int, str, bytes] | None = None
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -141,8 +161,11 @@ class FakeUpstream:
             await asyncio.sleep(3600)
         if latency:
             await asyncio.sleep(latency)
+        authorization = dict(scope["headers"]).get(b"authorization", b"").decode()
+        misbehaviour = await self._misbehave(send, receive, body, model, authorization)
+        if misbehaviour:
+            return
         if model == "leak-key":
-            authorization = dict(scope["headers"]).get(b"authorization", b"").decode()
             await _send_error(send, 500, f"invalid request with header {authorization}", "server_error")
             return
         if model == "leak-path":
@@ -193,6 +216,121 @@ class FakeUpstream:
                 "usage": usage,
             },
         )
+
+    async def _misbehave(
+        self, send: Send, receive: Receive, body: dict[str, Any], model: str, authorization: str
+    ) -> bool:
+        """Answer as one of the scripted misbehaviours; False when `model` names none."""
+        stream = bool(body.get("stream"))
+        if model == "scripted" and self.script is not None:
+            status, content_type, raw = self.script
+            headers = [(b"content-type", content_type.encode()), (b"content-length", str(len(raw)).encode())]
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": raw})
+            return True
+        words, _, usage = reply_for(body)
+        bad_usage = {
+            "usage-huge": {"prompt_tokens": 2**64},
+            "usage-sum": {"prompt_tokens": 2**62, "completion_tokens": 2**62, "total_tokens": 2**63},
+            "usage-float": {"prompt_tokens": 1e30},
+            "usage-cached": {"prompt_tokens_details": {"cached_tokens": 2**70}},
+            "usage-negative": {"completion_tokens": -5},
+        }
+        content: Any = "".join(_join(words))
+        if model in bad_usage:
+            usage = {**usage, **bad_usage[model]}
+        elif model == "echo-key":
+            content = f"my key is {authorization.removeprefix('Bearer ')}"
+        elif model == "content-list":
+            content = [{"type": "text", "text": "a list"}] if not stream else 7
+        elif model.startswith("huge-"):
+            content = "x" * int(model.removeprefix("huge-"))
+        elif model == "traceback":
+            trace = (
+                "Traceback (most recent call last):\n"
+                '  File "/srv/provider/app/server.py", line 12, in handle\n'
+                "    raise KeyError(key)\nKeyError: 'sk-provider-internal-abcdefgh'"
+            )
+            await _send_error(send, 500, trace, "server_error")
+            return True
+        elif model == "not-json":
+            headers = [(b"content-type", b"application/json")]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": b"<html>oops</html>"})
+            return True
+        elif model == "error-200":
+            error = {"error": {"message": "quota exceeded", "type": "insufficient_quota", "code": "quota"}}
+            if not stream:
+                await _send_json(send, 200, error)
+                return True
+        elif model.startswith("flood-") and stream:
+            await self._flood(send, receive, int(model.removeprefix("flood-")))
+            return True
+        elif model != "truncate":
+            return False
+        envelope = {"id": "chatcmpl-bad", "created": int(time.time()), "model": model}
+        if not stream:
+            await _send_json(send, 200, {**envelope, "object": "chat.completion", "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
+            ], "usage": usage})  # fmt: skip
+            return True
+        headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+
+        async def event(payload: dict[str, Any]) -> None:
+            await send({"type": "http.response.body", "body": _sse(payload), "more_body": True})
+
+        if model == "error-200":
+            await event({"error": {"message": "quota exceeded", "type": "insufficient_quota"}})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return True
+        chunk = {**envelope, "object": "chat.completion.chunk"}
+        await event({**chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]})
+        pieces = [content] if not isinstance(content, str) else ([content] if model != "truncate" else words)
+        for piece in pieces[:2] if model == "truncate" else pieces:
+            await event(
+                {**chunk, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
+            )
+        if model == "truncate":
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return True
+        await event({**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+        await event({**chunk, "choices": [], "usage": usage})
+        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
+        return True
+
+    async def _flood(self, send: Send, receive: Receive, total: int) -> None:
+        record = {"sent": 0, "reader_hung_up": False}
+        self.floods.append(record)
+
+        async def watch() -> None:  # the request body is read: the next message is the disconnect
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            record["reader_hung_up"] = True
+
+        watcher = asyncio.create_task(watch())
+        headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        piece = "y" * 65536
+        base = {"id": "chatcmpl-flood", "object": "chat.completion.chunk", "created": 0, "model": "flood"}
+        try:
+            for _ in range(max(1, total // len(piece))):
+                if record["reader_hung_up"]:
+                    return
+                choice = {"index": 0, "delta": {"content": piece}, "finish_reason": None}
+                chunk = _sse({**base, "choices": [choice]})
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                record["sent"] += 1
+            done = {"index": 0, "delta": {}, "finish_reason": "stop"}
+            await send(
+                {"type": "http.response.body", "body": _sse({**base, "choices": [done]}), "more_body": True}
+            )
+            await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
+            # Socket buffers may have taken it all: keep watching, a reader that closes early still shows.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(watcher), 60)
+        finally:
+            watcher.cancel()
 
     async def _tool_call(self, send: Send, body: dict[str, Any], model: str, call: dict[str, Any]) -> None:
         completion_id, created = f"chatcmpl-fake{time.monotonic_ns()}", int(time.time())

@@ -26,9 +26,10 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from gateway.environment import apply_defaults  # noqa: E402
+
+apply_defaults()
 
 import torch  # noqa: E402
 from peft import PeftModel  # noqa: E402

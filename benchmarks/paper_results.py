@@ -113,7 +113,7 @@ def add_upstream_costs(results: Results, prices: PriceModel, static_tokens: dict
 
 
 def check_targets(results: Results, metric: str) -> None:
-    """Issue 6's targets, each met or missed with the figures behind it, from the methods measured so far."""
+    """The product's targets, each met or missed with its figures, from the methods measured so far."""
     m = results.methods
     targets = {}
     # Accuracy is judged on every metric of the task, not only the primary one: on a small dev set the
@@ -229,7 +229,7 @@ def render_markdown(data: dict[str, Any]) -> str:
                 f"{_fmt(row['cost_per_1k'], 4)} |"
             )
     if data.get("targets"):
-        lines += ["", "Targets of issue 6:", ""]
+        lines += ["", "Targets:", ""]
         for name, target in data["targets"].items():
             lines.append(f"- {'MET' if target['met'] else 'MISSED'}: {name}: {target['detail']}")
     for kind, rows in data.get("ablations", {}).items():

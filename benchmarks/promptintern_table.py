@@ -29,20 +29,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# llama.cpp's OpenMP threads spin while they wait; on a machine shared with other work that spinning
-# starves the thread doing the work (measured: 120 s instead of 19 s per request), so they sleep instead.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from gateway.environment import apply_defaults  # noqa: E402
+
+apply_defaults()  # offline, and llama.cpp's threads sleep while they wait (120 s -> 19 s per request here)
 
 from benchmarks import paper_prompts as prompts  # noqa: E402
 from benchmarks.paper_cost import load_price_model  # noqa: E402

@@ -46,11 +46,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# Both llama.cpp instances (the embedded upstream server, a subprocess, and the in-process local pool) get
-# the same threading policy: spinning OpenMP threads starve each other on a shared, busy machine.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from gateway.environment import apply_defaults  # noqa: E402
+
+apply_defaults()  # both llama.cpp instances (the embedded server, the local pool) sleep while waiting
 
 from demo.nl2bash_app import NL2BashApp, load_pairs  # noqa: E402
 from gateway.app import create_app  # noqa: E402

@@ -1,4 +1,4 @@
-"""`POST /v1/chat/completions`: auth -> parse/validate -> choose a backend -> call -> log -> respond.
+"""`POST /v1/chat/completions`: auth -> parse/validate -> resolve model -> match -> call -> log -> respond.
 
 Authentication comes before parsing so an unauthenticated caller costs neither a JSON parse nor a logged
 prompt. Every request, failed or not, becomes one `requests` row, and that row is committed before the
@@ -13,10 +13,11 @@ import time
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
+from gateway.accounting.ledger import Template
 from gateway.api.errors import GatewayError
 from gateway.api.exchange import Exchange, log_exchange, log_unavailable, usage_from
 from gateway.api.limits import decode_request, read_body
-from gateway.api.local_serving import accounting_for, schedule_shadow, serve_local
+from gateway.api.local_serving import schedule_shadow, serve_local
 from gateway.api.streaming import stream_response
 from gateway.state import Gateway
 from gateway.upstream.errors import Reply
@@ -38,13 +39,9 @@ async def chat_completions(request: Request, gateway: Gateway) -> Response:
         if isinstance(checked, GatewayError):
             raise checked
         chat_request = checked
-        choice = gateway.choose_backend(chat_request, gateway.registry)
-        exchange.backend, exchange.route, exchange.template_id = (
-            choice.model,
-            choice.route,
-            choice.template_id,
-        )
-        if (chat_request.n or 1) > 1 and not choice.model.supports_n:
+        backend = gateway.registry.resolve(chat_request.model)
+        exchange.backend, exchange.route = backend, "upstream"
+        if (chat_request.n or 1) > 1 and not backend.supports_n:
             raise GatewayError(
                 400,
                 f"n={chat_request.n} is not supported by the backend for '{chat_request.model}'; "
@@ -52,11 +49,10 @@ async def chat_completions(request: Request, gateway: Gateway) -> Response:
                 code="unsupported_parameter",
                 param="n",
             )
-        send_body = choice.body if choice.body is not None else body
-        decision = gateway.router.decide(body) if gateway.router is not None and choice.body is None else None
+        decision = gateway.router.decide(body) if gateway.router is not None else None
         if decision is not None:  # a mined template: maybe served locally, always accounted for
             exchange.template_id = decision.template_id
-            exchange.accounting = accounting_for(gateway, choice.model, decision, body["messages"])
+            exchange.template = Template(backend, body["messages"], list(decision.match.slots.values()))
             if decision.mode == "local":
                 local_response = await serve_local(gateway, exchange, decision, chat_request, body)
                 if local_response is not None:
@@ -64,9 +60,9 @@ async def chat_completions(request: Request, gateway: Gateway) -> Response:
             elif decision.mode == "shadow":
                 schedule_shadow(gateway, exchange, decision, body)
         if chat_request.stream:
-            return await stream_response(gateway, exchange, send_body, chat_request.include_usage)
+            return await stream_response(gateway, exchange, body, chat_request.include_usage)
         reply = checked_reply(
-            await gateway.upstream.complete(choice.model, send_body, exchange.timing),
+            await gateway.upstream.complete(backend, body, exchange.timing),
             exchange,
             gateway.settings.max_upstream_response_bytes,
         )

@@ -15,13 +15,13 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from gateway.accounting.pricing import Pricer, Usage
-from gateway.accounting.savings import Savings, local_compute_cost
+from gateway.accounting.ledger import Served, Template
+from gateway.accounting.pricing import Usage
 from gateway.api.errors import GatewayError
 from gateway.log.writer import LogTimeout, content_hash, json_text
 from gateway.settings import UpstreamModel
@@ -72,12 +72,11 @@ class Exchange:
             str
         ] = []  # reply fields dropped as invalid (gateway/upstream/validate.py)
         # Routing (gateway/routing/router.py): time spent waiting on a local model (not gateway overhead), the
-        # compute it used, why it was given up (a fallback), and the counterfactual accounting.
+        # compute it used, why it was given up (a fallback), and the template matched (for its accounting).
         self.local_wait_s = 0.0
         self.local_compute_s = 0.0
         self.local_error: str | None = None
-        self.accounting: Callable[[Exchange], Awaitable[Savings | None]] | None = None
-        self.savings: Savings | None = None
+        self.template: Template | None = None
         self.after_log: Callable[[], None] | None = None  # run once the row is committed (shadow runs)
 
     # ---- timing ----------------------------------------------------------------------------------------
@@ -101,24 +100,29 @@ class Exchange:
         }
 
     # ---- the log row -----------------------------------------------------------------------------------
+    def served(self, status: int) -> Served:
+        """The facts the accounting needs (gateway/accounting/ledger.py); a counterfactual only on success."""
+        return Served(
+            route=self.route,
+            backend=self.backend,
+            usage=self.usage,
+            backend_s=self.timing.backend_s,
+            local_compute_s=self.local_compute_s,
+            answer=self.response_text,
+            template=self.template if status == 200 else None,
+        )
+
     def row(
-        self, status: int, pricer: Pricer, error: str | None = None, error_code: str | None = None
+        self, status: int, money: dict[str, Any], error: str | None = None, error_code: str | None = None
     ) -> dict:
+        """The `requests` row; `money` holds the columns the ledger computed (spend, local compute,
+        counterfactual)."""
         body = self.body or {}
         messages = body.get("messages")
         params = {k: v for k, v in body.items() if k not in ("messages", "model")}
         latency_ms = self.elapsed_ms()
         backend = self.backend
         usage = self.usage
-        spend = None
-        if self.route == "local":  # the local model's compute is the whole bill
-            spend = local_compute_cost(self.local_compute_s, pricer.settings.local_cost_per_hour)
-        elif backend is not None and (usage is not None or backend.local):
-            spend = pricer.spend(backend, usage or Usage(), self.timing.backend_s)
-        if self.route != "local" and self.local_compute_s:  # a fallback's wasted local compute counts
-            spend = (spend or 0.0) + local_compute_cost(
-                self.local_compute_s, pricer.settings.local_cost_per_hour
-            )
         if self.local_error is not None and error is None:
             error = f"fallback: {self.local_error}"
         return {
@@ -143,7 +147,6 @@ class Exchange:
             "ttft_ms": self.ttft_ms,
             "latency_ms": latency_ms,
             "overhead_ms": self.overhead_ms(latency_ms),
-            "spend": spend,
             "status": status,
             "error": error,
             "error_code": error_code,  # metrics only; not a column
@@ -157,8 +160,7 @@ class Exchange:
             if self.body is not None
             else None,
             "template_id": self.template_id,
-            "local_compute_s": self._local_compute_column(),
-            **(_counterfactual_columns(self.savings) if self.savings is not None else {}),
+            **money,
         }
 
     def minimal_row(self, status: int, error: str | None, error_code: str | None) -> dict:
@@ -182,18 +184,6 @@ class Exchange:
             "sanitized": "row:minimal",
         }
 
-    def _local_compute_column(self) -> float | None:
-        if self.route == "local":
-            return self.local_compute_s
-        upstream_local = self.backend is not None and self.backend.local
-        if not upstream_local and not self.local_compute_s:
-            return None
-        return (self.timing.backend_s if upstream_local else 0.0) + self.local_compute_s
-
-
-def _counterfactual_columns(savings: Savings) -> dict[str, Any]:
-    return {k: v for k, v in savings.as_columns().items() if k != "local_compute_s"}  # set by the route
-
 
 def _without_credentials(url: str | None) -> str | None:
     """An address fit for the log: no user:password@, no query string (keys sometimes travel there)."""
@@ -215,17 +205,13 @@ async def log_exchange(
     gateway: Gateway, exchange: Exchange, status: int, error: GatewayError | None = None
 ) -> bool:
     """Commit the request's row (awaiting the group commit); False if the database refused it."""
-    if status == 200 and exchange.accounting is not None:
-        try:
-            exchange.savings = await exchange.accounting(exchange)
-        except Exception as exc:  # accounting never fails a request
-            log.error("request %s: savings not computed: %s", exchange.request_id, exc)
     message, code = (error.message, error.code) if error else (None, None)
     try:
+        money = await gateway.ledger.columns_async(exchange.served(status))
         if exchange.large:
-            row = await asyncio.to_thread(exchange.row, status, gateway.pricer, message, code)
+            row = await asyncio.to_thread(exchange.row, status, money, message, code)
         else:
-            row = exchange.row(status, gateway.pricer, message, code)
+            row = exchange.row(status, money, message, code)
     except Exception as exc:  # a bug in building the row must not lose it: keep what surely works
         log.error("request %s: log row degraded: %s", exchange.request_id, type(exc).__name__)
         row = exchange.minimal_row(status, message, code)

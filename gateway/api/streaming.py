@@ -212,7 +212,7 @@ def log_client_gone(gateway: Gateway, exchange: Exchange, pieces: list[str], res
     gone = GatewayError(
         499, "The client closed the connection before the stream ended.", code="client_closed"
     )
-    row = exchange.row(499, gateway.pricer, gone.message, gone.code)
+    row = exchange.row(499, gateway.ledger.columns(exchange.served(499)), gone.message, gone.code)
     gateway.writer.submit(row)
     gateway.metrics.observe(row)
     aclose = getattr(rest, "aclose", None)

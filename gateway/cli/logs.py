@@ -8,7 +8,6 @@ FTS index would tax every insert on the gateway's hot path to speed up an occasi
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import click
 import sqlite_utils
 
+from gateway.accounting.report import percentile
 from gateway.cli import CliError, get_settings
 from gateway.log.store import open_db
 from gateway.settings import Settings, UpstreamModel
@@ -239,15 +239,6 @@ def _totals(db: sqlite_utils.Database, where: str, params: list[Any]) -> dict[st
         "latency_ms_p50": percentile(latencies, 50),
         "latency_ms_p95": percentile(latencies, 95),
     }
-
-
-def percentile(sorted_values: list[float], q: float) -> float | None:
-    """Linear-interpolated percentile of already sorted values (None when empty)."""
-    if not sorted_values:
-        return None
-    rank = (len(sorted_values) - 1) * q / 100
-    low, high = math.floor(rank), math.ceil(rank)
-    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (rank - low)
 
 
 # ---- formatting -----------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ import sqlite_utils
 
 from gateway.accounting import savings
 from gateway.log.storable import is_count
+from gateway.templates.request_shape import message_text
 
 IMPORT_ID_PREFIX = "imp-"
 MESSAGE_CONTENT_HINT = "a string, a list of content parts, or null"
@@ -169,10 +170,8 @@ def _check_usage(usage: Any, line: int) -> None:
 def _answer_text(message: dict[str, Any], line: int, where: str) -> str:
     """The assistant's text; a tool-calling answer is kept as the JSON of its tool calls."""
     content = message.get("content")
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
+    if isinstance(content, str | list):
+        return message_text(message)
     if content is None:
         return json.dumps(message["tool_calls"]) if message.get("tool_calls") else ""
     raise ImportFileError(

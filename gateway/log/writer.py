@@ -61,7 +61,7 @@ GATEWAY_COLUMNS = (
     "content_hash",
     "template_id",
     "local_compute_s",
-    # Added for routing (issue 5): the counterfactual accounting of a templated request.
+    # The counterfactual accounting of a templated request (gateway/accounting/ledger.py).
     "counterfactual_prompt_tokens",
     "counterfactual_completion_tokens",
     "counterfactual_spend",

@@ -62,13 +62,15 @@ class EmbeddedServer:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def upstream_model(self) -> UpstreamModel:
-        # llama.cpp ignores the key, but litellm's OpenAI client insists on having one.
+        # llama.cpp's server speaks OpenAI's protocol: the lean pass-through, not litellm's translation
+        # (measured +1.9 ms p50 against +7.7 ms). It ignores the key.
         return UpstreamModel(
             name=self.alias,
             litellm_model=f"openai/{self.alias}",
             api_base=self.api_base,
             api_key=SecretStr("no-key"),
             local=True,
+            transport="direct",
             gguf_path=self.model_path,  # llama.cpp streams carry no usage: the gateway counts them
         )
 

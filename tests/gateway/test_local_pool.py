@@ -16,14 +16,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from gateway.local.backend import LocalError, LocalOverloaded, LocalTimeout, unsupported_params
 from gateway.local.factory import make_local_backend
-from gateway.local.pool import (
-    LlamaPool,
-    LocalError,
-    LocalOverloaded,
-    LocalTimeout,
-    unsupported_params,
-)
+from gateway.local.pool import LlamaPool
 from gateway.local.remote import RemoteLocalBackend
 from gateway.settings import Settings
 from gateway.upstream.base_model import smollm2_gguf_path

@@ -61,6 +61,7 @@ from typing import Any
 import uvicorn
 
 from gateway.loopback import serve_in_thread
+from gateway.templates.request_shape import message_text
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -76,25 +77,16 @@ def count_tokens(text: str) -> int:
     return len(text.split())
 
 
-def _message_text(message: dict[str, Any]) -> str:
-    content = message.get("content")
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):  # content parts
-        return " ".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
-    return ""
-
-
 def reply_for(body: dict[str, Any]) -> tuple[list[str], str, dict[str, int]]:
     """The words of the answer, its finish reason and its usage for one request body."""
     messages = body.get("messages") or []
-    user_texts = [_message_text(m) for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+    user_texts = [message_text(m) for m in messages if isinstance(m, dict) and m.get("role") == "user"]
     words = ["echo:", *(user_texts[-1].split() if user_texts else [])]
     max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
     finish_reason = "stop"
     if isinstance(max_tokens, int) and 0 < max_tokens < len(words):
         words, finish_reason = words[:max_tokens], "length"
-    prompt_tokens = sum(count_tokens(_message_text(m)) for m in messages if isinstance(m, dict))
+    prompt_tokens = sum(count_tokens(message_text(m)) for m in messages if isinstance(m, dict))
     # A prompt this long is "cached" by the fake provider, so cached-token accounting has something to see.
     cached = (prompt_tokens // 2) if prompt_tokens >= 64 else 0
     usage = {
@@ -342,7 +334,7 @@ class FakeUpstream:
 
     async def _tool_call(self, send: Send, body: dict[str, Any], model: str, call: dict[str, Any]) -> None:
         completion_id, created = f"chatcmpl-fake{time.monotonic_ns()}", int(time.time())
-        prompt = sum(count_tokens(_message_text(m)) for m in body.get("messages") or [])
+        prompt = sum(count_tokens(message_text(m)) for m in body.get("messages") or [])
         arguments = call["function"]["arguments"]
         usage = {"prompt_tokens": prompt, "completion_tokens": count_tokens(arguments),
                  "total_tokens": prompt + count_tokens(arguments)}  # fmt: skip
@@ -422,7 +414,7 @@ def _tool_call_for(body: dict[str, Any]) -> dict[str, Any] | None:
     tools = [t for t in body.get("tools") or [] if isinstance(t, dict) and t.get("type") == "function"]
     if not tools or body.get("tool_choice") == "none":
         return None
-    user_texts = [_message_text(m) for m in body.get("messages") or [] if m.get("role") == "user"]
+    user_texts = [message_text(m) for m in body.get("messages") or [] if m.get("role") == "user"]
     arguments = json.dumps({"text": user_texts[-1] if user_texts else ""})
     name = str((tools[0].get("function") or {}).get("name", ""))
     return {"id": f"call_fake{time.monotonic_ns()}", "type": "function",

@@ -81,7 +81,7 @@ def banking77_labels(data_root: Path = DATA_ROOT) -> list[str]:
 
 
 def banking77_instructions(labels: Sequence[str]) -> str:
-    """The support app's classifier prompt: role, rules, every label (as the app keeps them), output format."""
+    """The support app's classifier prompt: role, rules, every label (as the app lists them), output rules."""
     label_lines = "\n".join(f"- {label}" for label in labels)
     return f"""\
 You are the message router of Lumen Bank's in-app support chat. Every message a customer types into the \

@@ -1,9 +1,13 @@
 """Progressive LoRA training: one flat loop per stage, a checkpoint after each, resumable.
 
-Sequences are packed into rows of `seq_len` tokens instead of padded: each packed row carries a
-block-diagonal causal mask and restarted positions, so a sequence only ever attends to itself. The loss
-is on answer tokens only (labels are -100 on prompts). Runs as is on the CPU, on one GPU, and under
-`accelerate launch` on several (the Accelerator picks the device and wraps the model).
+A step trains on `batch_size` records. Their sequences are packed into as few rows as fit, and every row
+carries the stage's shared prefix (the template text before the first variable part) once, followed by
+several records' segments (their shots, query, answer and any static text after the query). A 4-D mask
+lets each segment attend to the prefix and to itself only, and its positions continue from the prefix,
+so the loss is the one of training the records one by one, while a long template costs its length once
+per row instead of once per record. The loss is on answer tokens only, and logits are computed only at the
+positions that predict one (`answer_logits`), the one place a per-token loss term can be added.
+Runs as is on the CPU, on one GPU, and under `accelerate launch` on several.
 """
 
 from __future__ import annotations
@@ -14,17 +18,20 @@ import random
 import resource
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from accelerate import Accelerator
 from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from internalizer.config import InternalizeConfig
+
+IGNORE = -100  # label of a token that takes no loss
 
 
 class TrainingError(RuntimeError):
@@ -34,66 +41,158 @@ class TrainingError(RuntimeError):
 @dataclass
 class Sequence:
     input_ids: list[int]
-    labels: list[int]  # -100 where no loss is taken
+    labels: list[int]  # IGNORE where no loss is taken
+    prefix_len: int = 0  # leading tokens shared by the other sequences of its group: packed once per row
+    key: str = ""  # the record it came from, for per-record lookups (a teacher's cached outputs...)
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def prefix(self) -> tuple[int, ...]:
+        return tuple(self.input_ids[: self.prefix_len])
+
+    @property
+    def segment_len(self) -> int:
+        return len(self.input_ids) - self.prefix_len
+
+
+def share_prefix(sequences: list[Sequence]) -> None:
+    """Set every sequence's `prefix_len` to the tokens all of them begin with (in place).
+
+    The prefix stops one token before the earliest answer token, so every segment starts with a prompt
+    token and predicts its first answer token from inside itself."""
+    if not sequences:
+        return
+    first = sequences[0].input_ids
+    common = min(len(s) for s in sequences)
+    for seq in sequences[1:]:
+        ids = seq.input_ids
+        common = next((i for i in range(common) if ids[i] != first[i]), common)
+    for seq in sequences:
+        answer_start = next((i for i, label in enumerate(seq.labels) if label != IGNORE), len(seq))
+        common = min(common, max(answer_start - 1, 0))
+    for seq in sequences:
+        seq.prefix_len = common
 
 
 @dataclass
-class StageResult:
-    stage: int
-    steps: int
-    mean_loss: float
-    final_loss: float
-    train_tokens: int
-    seconds: float
-    tokens_per_s: float
-    peak_memory_mb: float
-    resumed: bool = False
+class Row:
+    """One packed row: a shared prefix, then segments (each sequence without that prefix)."""
+
+    prefix: tuple[int, ...]
+    sequences: list[Sequence] = field(default_factory=list)
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.prefix) + sum(s.segment_len for s in self.sequences)
 
 
-def pack(sequences: list[Sequence], seq_len: int, row_tokens: int = 0) -> list[list[Sequence]]:
-    """First-fit decreasing bin packing of sequences into rows of at most `row_tokens` (default `seq_len`)
-    tokens; a sequence longer than `row_tokens` but within `seq_len` gets a row of its own."""
-    rows: list[list[Sequence]] = []
-    room: list[int] = []
-    for seq in sorted(sequences, key=lambda s: len(s.input_ids), reverse=True):
-        if len(seq.input_ids) > seq_len:
-            raise TrainingError(f"a sequence of {len(seq.input_ids)} tokens does not fit seq_len={seq_len}")
-        if row_tokens and len(seq.input_ids) > row_tokens:
-            rows.append([seq])
-            room.append(0)
-            continue
-        for i, free in enumerate(room):
-            if free >= len(seq.input_ids):
-                rows[i].append(seq)
-                room[i] -= len(seq.input_ids)
-                break
-        else:
-            rows.append([seq])
-            room.append((row_tokens or seq_len) - len(seq.input_ids))
+def pack(sequences: list[Sequence], row_tokens: int) -> list[Row]:
+    """Sequences grouped by their shared prefix, then first-fit decreasing into rows of at most
+    `row_tokens` tokens (prefix included); a sequence longer than that gets a row of its own."""
+    groups: dict[tuple[int, ...], list[Sequence]] = {}
+    for seq in sequences:
+        groups.setdefault(seq.prefix, []).append(seq)
+    rows: list[Row] = []
+    for prefix, members in groups.items():
+        mine: list[Row] = []
+        for seq in sorted(members, key=lambda s: s.segment_len, reverse=True):
+            row = next((r for r in mine if r.n_tokens + seq.segment_len <= row_tokens), None)
+            if row is None:
+                row = Row(prefix)
+                mine.append(row)
+            row.sequences.append(seq)
+        rows += mine
     return rows
 
 
-def collate(rows: list[list[Sequence]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Packed rows -> input_ids, labels, position_ids and a 4-D block-diagonal causal mask (True = attend)."""
-    width = max(sum(len(s.input_ids) for s in row) for row in rows)
+@dataclass
+class Batch:
+    """Model inputs of packed rows, and where the answer tokens are."""
+
+    inputs: dict[str, torch.Tensor]  # input_ids, position_ids, attention_mask (4-D)
+    keep: torch.Tensor  # bool (rows, width): positions whose logits predict an answer token
+    targets: torch.Tensor  # the answer tokens, in `keep` order (row by row, left to right)
+    owner: torch.Tensor  # per target: index of its sequence in `keys`
+    offset: torch.Tensor  # per target: its position within its sequence's input_ids
+    keys: list[str]  # the step's sequences' keys
+    n_tokens: int  # tokens that are not padding
+
+    def to(self, device: torch.device) -> Batch:
+        moved = {k: v.to(device) for k, v in self.inputs.items()}
+        return Batch(
+            moved,
+            self.keep.to(device),
+            self.targets.to(device),
+            self.owner.to(device),
+            self.offset.to(device),
+            self.keys,
+            self.n_tokens,
+        )
+
+
+def collate(rows: list[Row], pad_id: int, attn_implementation: str = "sdpa") -> Batch:
+    """Packed rows -> tensors. Mask: causal, and a segment sees the prefix (segment 0) and itself only."""
+    width = max(r.n_tokens for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(rows), width), -100, dtype=torch.long)
     positions = torch.zeros((len(rows), width), dtype=torch.long)
     segment = torch.full((len(rows), width), -1, dtype=torch.long)
+    keep = torch.zeros((len(rows), width), dtype=torch.bool)
+    targets, owner, offset, keys = [], [], [], []
     for r, row in enumerate(rows):
-        start = 0
-        for s, seq in enumerate(row):
-            end = start + len(seq.input_ids)
-            ids[r, start:end] = torch.tensor(seq.input_ids)
-            labels[r, start:end] = torch.tensor(seq.labels)
-            positions[r, start:end] = torch.arange(end - start)
+        n_prefix = len(row.prefix)
+        ids[r, :n_prefix] = torch.tensor(row.prefix, dtype=torch.long)
+        positions[r, :n_prefix] = torch.arange(n_prefix)
+        segment[r, :n_prefix] = 0
+        start = n_prefix
+        for s, seq in enumerate(row.sequences, start=1):
+            end = start + seq.segment_len
+            ids[r, start:end] = torch.tensor(seq.input_ids[seq.prefix_len :], dtype=torch.long)
+            positions[r, start:end] = torch.arange(seq.prefix_len, len(seq))
             segment[r, start:end] = s
+            for t in range(seq.prefix_len + 1, len(seq)):
+                if seq.labels[t] != IGNORE:
+                    keep[r, start + t - 1 - seq.prefix_len] = True  # the logits at t-1 predict token t
+                    targets.append(seq.labels[t])
+                    owner.append(len(keys))
+                    offset.append(t)
+            keys.append(seq.key)
             start = end
     causal = torch.tril(torch.ones(width, width, dtype=torch.bool))
-    same = segment[:, :, None] == segment[:, None, :]
-    mask = same & causal & (segment[:, :, None] >= 0)
+    visible = (segment[:, :, None] == segment[:, None, :]) | (segment[:, None, :] == 0)
+    mask = visible & causal & (segment[:, :, None] >= 0)
     mask |= torch.eye(width, dtype=torch.bool)  # padding attends to itself: no all-masked row, no NaN
-    return {"input_ids": ids, "labels": labels, "position_ids": positions, "attention_mask": mask[:, None]}
+    mask = mask[:, None]
+    if attn_implementation == "eager":  # eager attention adds the mask to its scores
+        mask = torch.zeros(mask.shape).masked_fill(~mask, torch.finfo(torch.float32).min)
+    elif attn_implementation != "sdpa":
+        raise TrainingError(f"packed training needs eager or sdpa attention, not {attn_implementation!r}")
+    return Batch(
+        {"input_ids": ids, "position_ids": positions, "attention_mask": mask},
+        keep,
+        torch.tensor(targets, dtype=torch.long),
+        torch.tensor(owner, dtype=torch.long),
+        torch.tensor(offset, dtype=torch.long),
+        keys,
+        int((segment >= 0).sum()),
+    )
+
+
+def answer_logits(model: Any, batch: Batch) -> torch.Tensor:
+    """(answer tokens, vocabulary) logits: the language-model head runs only where an answer is predicted."""
+    return model(**batch.inputs, logits_to_keep=batch.keep).logits
+
+
+def training_loss(logits: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """The step's loss (mean over answer tokens) and each answer token's cross-entropy."""
+    per_token = F.cross_entropy(logits.float(), batch.targets, reduction="none")
+    return per_token.mean(), per_token
+
+
+def attn_implementation(model: Any) -> str:
+    config = getattr(model, "config", None)
+    return getattr(config, "_attn_implementation", None) or "sdpa"
 
 
 def lora_model(base_model: Any, cfg: InternalizeConfig) -> Any:
@@ -108,6 +207,63 @@ def lora_model(base_model: Any, cfg: InternalizeConfig) -> Any:
     )
     base_model.config._attn_implementation = "sdpa"  # a boolean 4-D mask means "attend" under SDPA
     return get_peft_model(base_model, lora)
+
+
+# ---- which records each step trains on ------------------------------------------------------------
+
+
+def stage_steps(n_records: int, epochs: float, cfg: InternalizeConfig, stage: int) -> list[list[int]]:
+    """Record indices of each optimizer step: every epoch a fresh seeded order, cut into near-equal steps
+    of at most `batch_size` records; `steps_per_stage` > 0 fixes the number of steps instead."""
+    if n_records == 0:
+        return []
+    per_epoch = math.ceil(n_records / cfg.batch_size)
+    n_steps = cfg.steps_per_stage or max(1, math.ceil(epochs * per_epoch))
+    steps: list[list[int]] = []
+    epoch = 0
+    while len(steps) < n_steps:
+        order = list(range(n_records))
+        random.Random(cfg.seed * 1000 + stage * 100 + epoch).shuffle(order)
+        bounds = [round(i * n_records / per_epoch) for i in range(per_epoch + 1)]
+        steps += [order[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+        epoch += 1
+    return steps[:n_steps]
+
+
+def row_tokens(sequences: list[Sequence], cfg: InternalizeConfig) -> int:
+    """Tokens per packed row: `pack_tokens`, or by default room for the prefix twice (so the shared
+    prefix is at most half of a row) and never less than the longest sequence or 1,024 tokens."""
+    if cfg.pack_tokens:
+        return cfg.pack_tokens
+    longest = max((len(s) for s in sequences), default=0)
+    prefix = max((s.prefix_len for s in sequences), default=0)
+    return max(1024, longest, 2 * prefix)
+
+
+def step_rows(
+    sequences: list[Sequence], cfg: InternalizeConfig, stage: int, epochs: float
+) -> list[list[Row]]:
+    """The packed rows of every step of a stage, in training order."""
+    width = row_tokens(sequences, cfg)
+    steps = stage_steps(len(sequences), epochs, cfg, stage)
+    return [pack([sequences[i] for i in step], width) for step in steps]
+
+
+# ---- the loop ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class StageResult:
+    stage: int
+    steps: int
+    mean_loss: float
+    final_loss: float
+    train_tokens: int
+    seconds: float
+    tokens_per_s: float
+    peak_memory_mb: float
+    resumed: bool = False
+    n_records: int = 0
 
 
 def _stage_dir(run_dir: Path, stage: int) -> Path:
@@ -128,6 +284,19 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def time_step(model: Any, rows: list[Row], pad_id: int, device: torch.device) -> float:
+    """Seconds of one forward + backward pass on these rows; weights and gradients are left as they were."""
+    batch = collate(rows, pad_id, attn_implementation(model)).to(device)
+    model.train()
+    started = time.perf_counter()
+    loss, _ = training_loss(answer_logits(model, batch), batch)
+    loss.backward()
+    seconds = time.perf_counter() - started
+    model.zero_grad(set_to_none=True)
+    model.eval()
+    return seconds
+
+
 def train_stages(
     model: Any,
     stage_data: list[list[Sequence]],
@@ -145,6 +314,7 @@ def train_stages(
     accelerator = accelerator or Accelerator()
     if cfg.threads and accelerator.device.type == "cpu":
         torch.set_num_threads(cfg.threads)
+    attention = attn_implementation(model)
     model = accelerator.prepare(model)
     results: list[StageResult] = []
     for index, sequences in enumerate(stage_data, start=1):
@@ -156,20 +326,17 @@ def train_stages(
             results.append(done)
             continue
         if not sequences:
-            raise TrainingError(f"stage {index} has no training sequence that fits seq_len={cfg.seq_len}")
+            raise TrainingError(f"stage {index} has no training sequence")
 
-        # Data: pack, then shuffle the rows with a per-stage seed (a resumed run sees the same order).
-        rows = pack(sequences, cfg.seq_len, cfg.pack_tokens)
-        random.Random(cfg.seed * 1000 + index).shuffle(rows)
+        # Data: each step's records packed into rows behind their shared prefix (a fixed, seeded order).
         if epochs is not None:
             stage_epochs = epochs[index - 1]
         else:
             stage_epochs = cfg.final_stage_epochs if index == len(stage_data) else cfg.epochs_per_stage
-        steps = cfg.steps_per_stage or max(1, math.ceil(stage_epochs * len(rows) / cfg.batch_size))
+        batches = step_rows(sequences, cfg, index, stage_epochs)
         shard = accelerator.num_processes
-        steps = math.ceil(steps / shard) * shard  # every process must run the same number of steps
-        batches = [rows[(i * cfg.batch_size) % len(rows) :][: cfg.batch_size] for i in range(steps)]
-        batches = [b if b else rows[: cfg.batch_size] for b in batches]
+        batches += batches[: -len(batches) % shard]  # every process must run the same number of steps
+        steps = len(batches)
 
         # Optimizer: a fresh AdamW per stage, linear warm-up then constant.
         params = [p for p in model.parameters() if p.requires_grad]
@@ -178,7 +345,7 @@ def train_stages(
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s, w=warmup: min(1.0, (s + 1) / w))
         optimizer, scheduler = accelerator.prepare(optimizer, scheduler)
 
-        # Loop: forward, check the loss, backward, clip, step.
+        # Loop: forward (logits at answer positions only), check the loss, backward, clip, step.
         model.train()
         losses: list[float] = []
         tokens = 0
@@ -188,11 +355,11 @@ def train_stages(
             desc=f"stage {index}/{len(stage_data)}",
             disable=not progress or not accelerator.is_main_process,
         )
-        for step, batch_rows in enumerate(batches):
+        for step, rows in enumerate(batches):
             if step % shard != accelerator.process_index and shard > 1:
                 continue  # each process takes every n-th batch; DDP averages the gradients
-            batch = {k: v.to(accelerator.device) for k, v in collate(batch_rows, pad_id).items()}
-            loss = model(**batch).loss
+            batch = collate(rows, pad_id, attention).to(accelerator.device)
+            loss, _ = training_loss(answer_logits(model, batch), batch)
             if not torch.isfinite(loss):
                 raise TrainingError(f"stage {index} step {step + 1}: the loss is {loss.item()} (lower lr?)")
             accelerator.backward(loss)
@@ -201,7 +368,7 @@ def train_stages(
             scheduler.step()
             optimizer.zero_grad()
             losses.append(loss.item())
-            tokens += int((batch["input_ids"] != pad_id).sum())
+            tokens += batch.n_tokens
             bar.update(shard)
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
         bar.close()
@@ -216,6 +383,7 @@ def train_stages(
             seconds=round(seconds, 2),
             tokens_per_s=round(tokens * shard / max(seconds, 1e-9), 1),
             peak_memory_mb=round(_peak_memory_mb(accelerator.device), 1),
+            n_records=len(sequences),
         )
         # Checkpoint: adapter + state into a temp dir, renamed whole, so a kill never leaves half a stage.
         accelerator.wait_for_everyone()

@@ -162,7 +162,7 @@ class Trainer:
         reused = self._restore_stages(run_dir, prefixes)
         planned = zip(spec.stages, stage_data, epochs, strict=True)
         tokens = sum(
-            plan_stage(stage, sequences, len(sequences), stage_epochs, cfg, lambda size: 0.0).tokens
+            plan_stage(stage, sequences, len(sequences), stage_epochs, cfg, lambda rows: 0.0).tokens
             for stage, sequences, stage_epochs in list(planned)[reused:]
         )
         estimate = tokens / self.tokens_per_s + EXPORT_SECONDS_GUESS

@@ -40,7 +40,9 @@ class InternalizeConfig:
     # Longest training sequence; 0 = the base model's context. A longer record loses shots first, then is
     # trained on a more compressed template (the run summary counts both).
     seq_len: int = 0
-    pack_tokens: int = 0  # tokens per packed row; 0 = twice the shared prefix, at least 1,024
+    pack_tokens: int = 0  # tokens per packed row; 0 = a step's records behind one prefix, up to 4,096
+    # Rows wider than this recompute their activations in the backward pass (memory over speed); 0 = never.
+    checkpoint_tokens: int = 2048
     # Pack the template text every record of a stage begins with once per row, not once per record. Off
     # trains the same records and loss on whole sequences (for comparisons).
     shared_prefix: bool = True
@@ -92,8 +94,8 @@ class InternalizeConfig:
             raise ConfigError("eval_fraction must be within (0, 1)")
         if (self.seq_len and self.seq_len < 16) or self.seq_len < 0 or self.batch_size < 1:
             raise ConfigError("seq_len must be 0 (the model's context) or >= 16, and batch_size >= 1")
-        if self.pack_tokens < 0:
-            raise ConfigError("pack_tokens must be >= 0 (0 = automatic)")
+        if self.pack_tokens < 0 or self.checkpoint_tokens < 0:
+            raise ConfigError("pack_tokens and checkpoint_tokens must be >= 0 (0 = automatic / never)")
         if self.budget_min < 0:
             raise ConfigError("budget_min must be >= 0 (0 = no limit)")
 

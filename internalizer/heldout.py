@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +89,11 @@ def n_ctx_for(conversations: list[Messages], tokenizer: Any, cfg: InternalizeCon
 
 
 def evaluate_model(
-    gguf_path: Path, base: BaseModel, data: TemplateData, cfg: InternalizeConfig
+    gguf_path: Path,
+    base: BaseModel,
+    data: TemplateData,
+    cfg: InternalizeConfig,
+    say: Callable[[str], None] = lambda message: None,
 ) -> dict[str, Any]:
     """Held-out scores: the internalized model from the query alone; the base model as references."""
     references = [r.target for r in data.eval]
@@ -103,6 +108,10 @@ def evaluate_model(
     scores["base_query_only"] = score(answers, references, cfg.task_metric)
     full = [r.messages for r in data.eval if r.messages]
     if cfg.eval_base_reference and len(full) == len(data.eval):
+        longest = max(len(prompt_ids(base.tokenizer, messages)) for messages in full)
+        if longest + cfg.max_new_tokens > limit:
+            say(f"no full-prompt reference: a {longest}-token prompt does not fit the base model's {limit}")
+            return scores
         n_ctx = n_ctx_for(full, base.tokenizer, cfg, limit)
         answers = generate_answers(base.gguf_path, full, cfg.max_new_tokens, n_ctx)
         scores["base_full_prompt"] = score(answers, references, cfg.task_metric)

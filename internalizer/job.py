@@ -24,11 +24,11 @@ from gateway.store import open_db
 from internalizer import registry
 from internalizer.base import load_base, resolve_base_path
 from internalizer.config import InternalizeConfig
-from internalizer.dataset import Example, TemplateData, load_template_data, prompt_ids
+from internalizer.dataset import DatasetError, Example, TemplateData, load_template_data, prompt_ids
 from internalizer.evaluate import gate_bar, gate_passes
 from internalizer.export import export_model
 from internalizer.heldout import context_length, estimate_finish_s, evaluate_model
-from internalizer.plan import PlanError, apply_plan, make_plan, measure_step_cost, stage_epochs
+from internalizer.plan import apply_plan, make_plan, measure_step_cost, stage_epochs
 from internalizer.retrieve import ExampleRetriever
 from internalizer.schedule import build_stages
 from internalizer.stage_data import Fitting, TemplateTexts, stage_sequences
@@ -129,7 +129,7 @@ def internalize(
         if fitted.describe():
             say(fitted.describe())
         if not sequences:
-            raise PlanError(
+            raise DatasetError(
                 f"stage {stage.index}: no record fits in {max_len} tokens, not even its query alone"
             )
         stage_data.append(sequences)
@@ -187,7 +187,7 @@ def internalize(
 
     # 9. Evaluate and register; a failure here removes the published file (no row points at it yet).
     try:
-        scores = evaluate_model(exported.gguf_path, base, data, cfg)
+        scores = evaluate_model(exported.gguf_path, base, data, cfg, say)
         scores["verification"] = {
             "agreement": exported.verification.agreement,
             "n": exported.verification.n,

@@ -26,18 +26,17 @@ class PlanError(RuntimeError):
     """The job cannot fit its budget; the message is one line a user can act on."""
 
 
-def step_size(rows: list[Row]) -> int:
-    """What a step costs to compute: its rows times the widest row (padding is computed too)."""
-    return len(rows) * max(r.n_tokens for r in rows)
-
-
 @dataclass
 class StepCost:
-    """Seconds of a training step as a function of its size, through the (size, seconds) steps timed."""
+    """Seconds of a training step: its rows go through the model one by one, and a row's seconds are
+    interpolated by its tokens through the (tokens, seconds) rows timed."""
 
     points: list[tuple[int, float]] = field(default_factory=list)
 
-    def __call__(self, size: int) -> float:
+    def __call__(self, rows: list[Row]) -> float:
+        return sum(self.row_seconds(row.n_tokens) for row in rows)
+
+    def row_seconds(self, size: int) -> float:
         if not self.points:
             return 0.0
         (s1, t1), (s2, t2) = sorted(self.points)[0], sorted(self.points)[-1]
@@ -56,16 +55,18 @@ def measure_step_cost(
     device: Any,
     done: set[int],
 ) -> StepCost:
-    """Time the first step of the first template stage left and of the query-only stage (after one untimed
-    pass: the first step also pays for allocations)."""
+    """Time one row of the first template stage left and one of the query-only stage. A short untimed
+    pass comes first: the first pass also pays for allocations."""
     cost = StepCost()
     todo = [i for i, s in enumerate(stages) if s.index not in done and stage_data[i]]
     picks = [i for i in todo if not stages[i].query_only][:1] + [i for i in todo if stages[i].query_only][-1:]
-    for n, i in enumerate(picks):
-        rows = step_rows(stage_data[i], cfg, stages[i].index, 1.0)[0]
-        if n == 0:
-            time_step(model, rows, pad_id, device)
-        cost.points.append((step_size(rows), time_step(model, rows, pad_id, device)))
+    first_rows = {i: step_rows(stage_data[i], cfg, stages[i].index, 1.0)[0][:1] for i in picks}
+    if picks:
+        warm = min(first_rows.values(), key=lambda rows: rows[0].n_tokens)
+        time_step(model, warm, pad_id, device, cfg)
+    for i in picks:
+        rows = first_rows[i]
+        cost.points.append((rows[0].n_tokens, time_step(model, rows, pad_id, device, cfg)))
     return cost
 
 
@@ -155,7 +156,7 @@ def plan_stage(
     n_records: int,
     epochs: float,
     cfg: InternalizeConfig,
-    cost: Callable[[int], float],
+    cost: Callable[[list[Row]], float],
     done: bool = False,
 ) -> StagePlan:
     chosen = chosen_records(sequences, n_records, cfg.seed, stage.index)
@@ -170,7 +171,7 @@ def plan_stage(
         steps=len(batches),
         tokens=sum(r.n_tokens for rows in batches for r in rows),
         tokens_unpacked=sum(len(s) for rows in batches for r in rows for s in r.sequences),
-        expected_s=round(sum(cost(step_size(rows)) for rows in batches), 1),
+        expected_s=round(sum(cost(rows) for rows in batches), 1),
         done=done,
     )
 
@@ -180,7 +181,7 @@ def make_plan(
     stage_data: list[list[Sequence]],
     epochs: list[float],
     cfg: InternalizeConfig,
-    cost: Callable[[int], float],
+    cost: Callable[[list[Row]], float],
     setup_s: float,
     finish_s: float,
     done: set[int] = frozenset(),  # type: ignore[assignment]

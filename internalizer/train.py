@@ -5,9 +5,11 @@ carries the stage's shared prefix (the template text before the first variable p
 several records' segments (their shots, query, answer and any static text after the query). A 4-D mask
 lets each segment attend to the prefix and to itself only, and its positions continue from the prefix,
 so the loss is the one of training the records one by one, while a long template costs its length once
-per row instead of once per record. The loss is on answer tokens only, and logits are computed only at the
-positions that predict one (`answer_logits`), the one place a per-token loss term can be added.
-Runs as is on the CPU, on one GPU, and under `accelerate launch` on several.
+per row instead of once per record. A step's rows go through the model one at a time (gradients add up),
+so memory follows the widest row, and a row wider than `checkpoint_tokens` recomputes its activations in
+the backward pass instead of keeping them. The loss is on answer tokens only, and logits are computed
+only at the positions that predict one (`answer_logits`, `training_loss`: the one place a per-token loss
+term can be added). Runs as is on the CPU, on one GPU, and under `accelerate launch` on several.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from tqdm.auto import tqdm
 from internalizer.config import InternalizeConfig
 
 IGNORE = -100  # label of a token that takes no loss
+# Widest automatic row: a step's records behind one prefix up to here (longer sequences get their own row).
+ROW_TOKENS_CAP = 4096
 
 
 class TrainingError(RuntimeError):
@@ -231,13 +235,16 @@ def stage_steps(n_records: int, epochs: float, cfg: InternalizeConfig, stage: in
 
 
 def row_tokens(sequences: list[Sequence], cfg: InternalizeConfig) -> int:
-    """Tokens per packed row: `pack_tokens`, or by default room for the prefix twice (so the shared
-    prefix is at most half of a row) and never less than the longest sequence or 1,024 tokens."""
+    """Tokens per packed row: `pack_tokens`, or room for a whole step (the prefix once, then `batch_size`
+    average segments) up to ROW_TOKENS_CAP, and never less than the longest sequence."""
     if cfg.pack_tokens:
         return cfg.pack_tokens
-    longest = max((len(s) for s in sequences), default=0)
-    prefix = max((s.prefix_len for s in sequences), default=0)
-    return max(1024, longest, 2 * prefix)
+    if not sequences:
+        return ROW_TOKENS_CAP
+    longest = max(len(s) for s in sequences)
+    prefix = max(s.prefix_len for s in sequences)
+    segment = sum(s.segment_len for s in sequences) / len(sequences)
+    return max(longest, min(ROW_TOKENS_CAP, math.ceil(prefix + cfg.batch_size * segment)))
 
 
 def step_rows(
@@ -284,14 +291,70 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def time_step(model: Any, rows: list[Row], pad_id: int, device: torch.device) -> float:
-    """Seconds of one forward + backward pass on these rows; weights and gradients are left as they were."""
-    batch = collate(rows, pad_id, attn_implementation(model)).to(device)
+class Checkpointing:
+    """Turns activation checkpointing on for wide rows only: it saves memory at the price of recomputing
+    the forward pass, worth it only where activations would be large."""
+
+    def __init__(self, model: Any, above_tokens: int) -> None:
+        self.model = model
+        self.above = above_tokens
+        self.on = False
+
+    def set_for(self, row: Row) -> None:
+        wanted = bool(self.above) and row.n_tokens > self.above
+        if wanted == self.on:
+            return
+        causal_lm = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        kwargs = {"use_reentrant": False}  # no input needs grad (LoRA): the reentrant variant would need one
+        if hasattr(causal_lm, "activation_checkpointing_enable"):  # transformers >= 5.x
+            if wanted:
+                causal_lm.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            else:
+                causal_lm.activation_checkpointing_disable()
+        elif wanted:
+            causal_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        else:
+            causal_lm.gradient_checkpointing_disable()
+        self.on = wanted
+
+
+def backward_step(
+    model: Any,
+    rows: list[Row],
+    pad_id: int,
+    device: torch.device,
+    checkpointing: Checkpointing,
+    backward: Any = None,
+) -> tuple[float, int]:
+    """Forward and backward, row by row, of one step: gradients of the mean loss over all its answer
+    tokens (each row's mean weighted by its share of them). Returns (that loss, tokens)."""
+    attention = attn_implementation(checkpointing.model)
+    batches = [collate([row], pad_id, attention) for row in rows]
+    n_answer = sum(len(b.targets) for b in batches)
+    total, tokens = 0.0, 0
+    for row, batch in zip(rows, batches, strict=True):
+        checkpointing.set_for(row)
+        batch = batch.to(device)
+        loss, _ = training_loss(answer_logits(model, batch), batch)
+        if not torch.isfinite(loss):
+            return float(loss.item()), tokens
+        share = loss * (len(batch.targets) / n_answer)
+        (backward or torch.autograd.backward)(share)
+        total += share.item()
+        tokens += batch.n_tokens
+    return total, tokens
+
+
+def time_step(
+    model: Any, rows: list[Row], pad_id: int, device: torch.device, cfg: InternalizeConfig
+) -> float:
+    """Seconds of one step's forward and backward passes; weights and gradients are left as they were."""
+    checkpointing = Checkpointing(model, cfg.checkpoint_tokens)
     model.train()
     started = time.perf_counter()
-    loss, _ = training_loss(answer_logits(model, batch), batch)
-    loss.backward()
+    backward_step(model, rows, pad_id, device, checkpointing)
     seconds = time.perf_counter() - started
+    checkpointing.set_for(Row(()))
     model.zero_grad(set_to_none=True)
     model.eval()
     return seconds
@@ -314,7 +377,7 @@ def train_stages(
     accelerator = accelerator or Accelerator()
     if cfg.threads and accelerator.device.type == "cpu":
         torch.set_num_threads(cfg.threads)
-    attention = attn_implementation(model)
+    checkpointing = Checkpointing(model, cfg.checkpoint_tokens)
     model = accelerator.prepare(model)
     results: list[StageResult] = []
     for index, sequences in enumerate(stage_data, start=1):
@@ -345,7 +408,7 @@ def train_stages(
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s, w=warmup: min(1.0, (s + 1) / w))
         optimizer, scheduler = accelerator.prepare(optimizer, scheduler)
 
-        # Loop: forward (logits at answer positions only), check the loss, backward, clip, step.
+        # Loop: forward and backward row by row (logits at answer positions only), check, clip, step.
         model.train()
         losses: list[float] = []
         tokens = 0
@@ -358,20 +421,21 @@ def train_stages(
         for step, rows in enumerate(batches):
             if step % shard != accelerator.process_index and shard > 1:
                 continue  # each process takes every n-th batch; DDP averages the gradients
-            batch = collate(rows, pad_id, attention).to(accelerator.device)
-            loss, _ = training_loss(answer_logits(model, batch), batch)
-            if not torch.isfinite(loss):
-                raise TrainingError(f"stage {index} step {step + 1}: the loss is {loss.item()} (lower lr?)")
-            accelerator.backward(loss)
+            loss, step_tokens = backward_step(
+                model, rows, pad_id, accelerator.device, checkpointing, accelerator.backward
+            )
+            if not math.isfinite(loss):
+                raise TrainingError(f"stage {index} step {step + 1}: the loss is {loss} (lower lr?)")
             accelerator.clip_grad_norm_(params, 1.0)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad()
-            losses.append(loss.item())
-            tokens += batch.n_tokens
+            losses.append(loss)
+            tokens += step_tokens
             bar.update(shard)
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
         bar.close()
+        checkpointing.set_for(Row(()))
         model.eval()
         seconds = time.perf_counter() - started
         result = StageResult(

@@ -63,7 +63,8 @@ def banking_env(home, tiny_gguf, monkeypatch):
 def test_the_default_config_internalizes_a_template_of_2000_tokens(banking_env):
     settings, template_id = banking_env
     messages = []
-    result = internalize(settings, template_id, InternalizeConfig(threads=1), progress=False, say=messages.append)
+    cfg = InternalizeConfig(threads=1)  # the defaults; one thread is faster on tiny matrices
+    result = internalize(settings, template_id, cfg, progress=False, say=messages.append)
 
     assert result.model_id and Path(result.gguf_path).is_file()
     assert result.status in ("active", "candidate")  # the gate's verdict on a tiny model is not the point
@@ -90,7 +91,7 @@ def test_a_record_that_does_not_fit_loses_shots_then_template_then_is_left_out(t
     tokenizer = load_base(tiny_gguf).tokenizer
     records = _records(3)
     long_query = Record("long", {"query": "find " * 300}, "ls")
-    pool = [Example(f"e{i}", f"list the files number {i} in the current directory", "ls -la") for i in range(3)]
+    pool = [Example(f"e{i}", f"list the files number {i} in this directory", "ls -la") for i in range(3)]
     texts = {1.0: LONG_SYSTEM, 0.5: LONG_SYSTEM[: len(LONG_SYSTEM) // 2]}
     texts |= {r: "Translate." for r in fallback_ratios(0.5)}
 
@@ -125,10 +126,11 @@ def test_checkpointing_wide_rows_trains_the_same_weights(tiny_gguf, tmp_path):
         Stage(1, 1.0, 0), _records(6), lambda ratio: LONG_SYSTEM, [[]] * 6, tokenizer, 4096
     )
     weights = []
-    for checkpoint_tokens in (0, 1):
-        cfg = InternalizeConfig(batch_size=3, steps_per_stage=2, threads=1, checkpoint_tokens=checkpoint_tokens)
+    for above in (0, 1):
+        cfg = InternalizeConfig(batch_size=3, steps_per_stage=2, threads=1, checkpoint_tokens=above)
         model = lora_model(load_base(tiny_gguf).model, cfg)
-        train_stages(model, [sequences], cfg, tmp_path / str(checkpoint_tokens), tokenizer.pad_token_id, False)
+        run_dir = tmp_path / str(above)
+        train_stages(model, [sequences], cfg, run_dir, tokenizer.pad_token_id, progress=False)
         weights.append({k: v.detach().clone() for k, v in model.state_dict().items() if "lora_B" in k})
     for name, value in weights[0].items():
         assert value.abs().sum() > 0 and torch.allclose(value, weights[1][name], atol=1e-6), name

@@ -47,7 +47,9 @@ def _packed(model, rows, pad_id, attention) -> dict[tuple[str, int], float]:
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
-@pytest.mark.parametrize("template", [LONG_SYSTEM, SUFFIX_TEMPLATE], ids=["prefix+shots", "static-after-query"])
+@pytest.mark.parametrize(
+    "template", [LONG_SYSTEM, SUFFIX_TEMPLATE], ids=["prefix+shots", "static-after-query"]
+)
 def test_packed_per_token_losses_equal_unpacked_training(base, attention, template):
     records = _records(8)
     pool = [Example(f"e{j}", p.nl, p.cmd) for j, p in enumerate(short_pairs(12)[8:])]
@@ -90,8 +92,8 @@ def test_the_mask_is_what_keeps_segments_apart(base):
     batch = collate([row], base.tokenizer.pad_token_id)
     with torch.no_grad():
         masked, _ = training_loss(answer_logits(base.model, batch), batch)
-        causal = torch.tril(torch.ones(batch.keep.shape[1], batch.keep.shape[1], dtype=torch.bool))[None, None]
-        batch.inputs["attention_mask"] = causal
+        width = batch.keep.shape[1]
+        batch.inputs["attention_mask"] = torch.tril(torch.ones(width, width, dtype=torch.bool))[None, None]
         unmasked, _ = training_loss(answer_logits(base.model, batch), batch)
     assert abs(masked.item() - unmasked.item()) > 1e-3
 

@@ -24,12 +24,8 @@ def _stage_data(stages, n: int) -> list[list[Sequence]]:
     data = []
     for stage in stages:
         prefix = [] if stage.query_only else PREFIX
-        data.append(
-            [
-                Sequence(prefix + [500 + i] * 30, [IGNORE] * (len(prefix) + 25) + [7] * 5, len(prefix), f"r{i}")
-                for i in range(n)
-            ]
-        )
+        labels = [IGNORE] * (len(prefix) + 25) + [7] * 5  # a 25-token query, a 5-token answer
+        data.append([Sequence(prefix + [500 + i] * 30, labels, len(prefix), f"r{i}") for i in range(n)])
     return data
 
 
@@ -82,7 +78,8 @@ def test_impossible_budget_fails_before_training_with_one_line(tiny_env):
     result = CliRunner().invoke(main, ["internalize", template_id, "--budget-min", "0.01", *fast_overrides()])
     assert result.exit_code == 1, result.output
     lines = result.stderr.strip().splitlines()
-    assert lines[-1].startswith("Error: a budget of 0.01 min is too small") and "Traceback" not in result.output
+    assert lines[-1].startswith("Error: a budget of 0.01 min is too small")
+    assert "Traceback" not in result.output
     assert not list(settings.runs_dir.glob("*/*/stage-*"))  # nothing trained
     assert open_db(settings.db_path)["models"].count == 0  # nothing was left half done
 

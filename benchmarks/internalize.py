@@ -202,6 +202,7 @@ def main() -> None:
     long.add_argument("--eval-requests", type=int, default=50, help="held-out requests of the cache test")
     long.add_argument("--skip-packing", action="store_true")
     long.add_argument("--skip-job", action="store_true")
+    long.add_argument("--name", default="", help="results file name (default internalize_long)")
     args = parser.parse_args()
     if args.long:
         from benchmarks.internalize_long import run

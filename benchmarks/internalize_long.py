@@ -169,6 +169,7 @@ def eval_reuse(settings: Any, template_id: str, cfg: InternalizeConfig, n: int, 
 def run(args: Any) -> None:
     started = time.perf_counter()
     payload: dict[str, Any] = {
+        "name": args.name or "internalize_long",
         "command": "python benchmarks/internalize.py " + " ".join(args.argv),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
         f"load average at start {os.getloadavg()[0]:.1f}",
@@ -184,6 +185,7 @@ def run(args: Any) -> None:
         overrides = {"budget_min": args.budget_min, "threads": args.threads}
         cfg = load_config(None, overrides | dict(o.split("=", 1) for o in args.overrides))
         payload["config"] = cfg.to_dict()
+        payload["base_model"] = resolve_base_path(settings, cfg.base_model).name
         print(f"template {template['id']} ({template['n_requests']} requests)", flush=True)
         if not args.skip_packing:
             payload["packing"] = packing_comparison(settings, template["id"], cfg, print)
@@ -201,13 +203,14 @@ def run(args: Any) -> None:
             payload["job_s"] = round(time.perf_counter() - job_started, 1)
     payload["total_s"] = round(time.perf_counter() - started, 1)
     _write(payload)
-    print(f"total {payload['total_s']:.0f} s; results in {RESULTS}/internalize_long.*", flush=True)
+    print(f"total {payload['total_s']:.0f} s; results in {RESULTS}/{payload['name']}.*", flush=True)
 
 
 def _write(payload: dict[str, Any]) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "internalize_long.json").write_text(json.dumps(payload, indent=1, default=str))
-    (RESULTS / "internalize_long.md").write_text(render(payload))
+    name = payload["name"]
+    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=1, default=str))
+    (RESULTS / f"{name}.md").write_text(render(payload))
 
 
 def render(payload: dict[str, Any]) -> str:
@@ -221,7 +224,7 @@ def render(payload: dict[str, Any]) -> str:
     packing = payload.get("packing")
     if packing:
         lines += [
-            "## Shared-prefix packing (default stages, SmolLM2-135M)",
+            f"## Shared-prefix packing (default stages, {payload['base_model']})",
             "",
             "Seconds per stage are costed from timed rows (tokens, seconds): "
             + ", ".join(f"{k} {v['tokens']} tok {v['seconds']} s" for k, v in packing["timed_rows"].items()),
@@ -267,7 +270,7 @@ def render(payload: dict[str, Any]) -> str:
         ]
         for s in job["stages"]:
             lines.append(
-                f"| {s['stage']} | {s['template_ratio']:.0%} | {s['n_examples']} | {s['records']} | "
+                f"| {s['stage']} | {s['template_ratio']:.0%} | {s['n_examples']} | {s['n_records']} | "
                 f"{s['steps']} | {s['train_tokens']:,} | {s['planned_s']:.0f} | {s['seconds']:.0f} | "
                 f"{s['mean_loss']:.3f} |"
             )

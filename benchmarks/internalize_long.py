@@ -40,11 +40,12 @@ from internalizer.dataset import Example, load_template_data
 from internalizer.heldout import context_length, generate_answers, n_ctx_for
 from internalizer.job import internalize
 from internalizer.mine import mine
+from internalizer.packing import step_rows
 from internalizer.plan import PlanError, StepCost, plan_stage, stage_epochs
 from internalizer.retrieve import ExampleRetriever
 from internalizer.schedule import build_stages
 from internalizer.stage_data import TemplateTexts, stage_sequences
-from internalizer.train import lora_model, step_rows, time_step
+from internalizer.train import lora_model, time_step
 
 RESULTS = Path(__file__).resolve().parent / "results"
 N_SHOTS = 3  # fixed examples in the app's prompt: ~900 SmolLM2 tokens in all

@@ -21,7 +21,7 @@ from internalizer.config import InternalizeConfig
 from internalizer.dataset import TemplateData, prompt_ids
 from internalizer.evaluate import score
 from internalizer.export import open_llama
-from internalizer.train import IGNORE, Sequence
+from internalizer.packing import IGNORE, Sequence
 
 Messages = list[dict[str, str]]
 # Export, besides its llama.cpp checks: merge + GGUF write + quantization, parameters per second (2 cores).

@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from internalizer.config import InternalizeConfig
+from internalizer.packing import Row, Sequence, step_rows
 from internalizer.schedule import Stage
-from internalizer.train import Row, Sequence, step_rows, time_step
+from internalizer.train import time_step
 
 
 class PlanError(RuntimeError):

@@ -16,8 +16,8 @@ from typing import Any
 from internalizer.base import BaseModel, end_of_turn_id
 from internalizer.compress import compress_text
 from internalizer.dataset import Example, Record, encode_pair, render_stage_messages
+from internalizer.packing import Sequence, share_prefix
 from internalizer.schedule import Stage
-from internalizer.train import Sequence, share_prefix
 
 MIN_FALLBACK_RATIO = 0.05  # below this a compressed template is mostly markers: the query alone is next
 

@@ -8,9 +8,10 @@ import torch.nn.functional as F
 
 from internalizer.base import load_base
 from internalizer.dataset import Example, Record
+from internalizer.packing import IGNORE, Sequence, collate, pack, share_prefix
 from internalizer.schedule import Stage
 from internalizer.stage_data import stage_sequences
-from internalizer.train import IGNORE, Sequence, answer_logits, collate, pack, share_prefix, training_loss
+from internalizer.train import answer_logits, training_loss
 from tests.internalizer.conftest import TINY_SYSTEM, short_pairs
 
 LONG_SYSTEM = "\n".join([TINY_SYSTEM] * 6)

@@ -11,9 +11,9 @@ from click.testing import CliRunner
 from gateway.cli import main
 from gateway.store import open_db
 from internalizer.config import InternalizeConfig
+from internalizer.packing import IGNORE, Sequence
 from internalizer.plan import PlanError, StepCost, apply_plan, make_plan
 from internalizer.schedule import build_stages
-from internalizer.train import IGNORE, Sequence
 from tests.internalizer.conftest import fast_overrides
 
 PREFIX = list(range(1, 301))

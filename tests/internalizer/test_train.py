@@ -7,17 +7,8 @@ import torch
 
 from internalizer.base import load_base
 from internalizer.dataset import encode_pair
-from internalizer.train import (
-    Sequence,
-    TrainingError,
-    answer_logits,
-    collate,
-    lora_model,
-    pack,
-    stage_steps,
-    train_stages,
-    training_loss,
-)
+from internalizer.packing import Sequence, collate, pack, stage_steps
+from internalizer.train import TrainingError, answer_logits, lora_model, train_stages, training_loss
 from tests.internalizer.conftest import fast_config, short_pairs
 
 

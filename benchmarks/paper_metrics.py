@@ -146,3 +146,14 @@ def tldr_scores(predictions: Sequence[str], references: Sequence[str]) -> dict[s
         f1 += _f1(collections.Counter(predicted), collections.Counter(expected))
     n = max(len(references), 1)
     return {"command_name_acc": 100 * name / n, "exact_match": 100 * exact / n, "token_f1": 100 * f1 / n}
+
+
+# ---------------------------------------------------------------- Banking77
+
+
+def banking77_scores(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    """Accuracy (the predicted intent equals the label, case and surrounding space ignored), in percent."""
+    correct = sum(
+        p.strip().lower() == r.strip().lower() for p, r in zip(predictions, references, strict=True)
+    )
+    return {"accuracy": 100 * correct / max(len(references), 1)}

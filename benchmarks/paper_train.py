@@ -27,9 +27,11 @@ from internalizer.config import InternalizeConfig
 from internalizer.dataset import Example, prompt_ids
 from internalizer.dataset import Record as TrainRecord
 from internalizer.export import export_model
-from internalizer.job import stage_sequences
+from internalizer.heldout import context_length
+from internalizer.plan import plan_stage
 from internalizer.retrieve import ExampleRetriever
 from internalizer.schedule import Stage, build_stages
+from internalizer.stage_data import stage_sequences
 from internalizer.train import lora_model, train_stages
 
 
@@ -138,16 +140,17 @@ class Trainer:
         shots = self.shots(records, k_max)
         stage_data, skipped = [], []
         for stage in spec.stages:
-            sequences, n_skipped = stage_sequences(
+            sequences, fitting = stage_sequences(
                 stage,
                 train_records,
-                self.template(stage.template_ratio),
+                self.template,
                 shots,
                 self.base.tokenizer,
-                cfg.seq_len,
+                cfg.seq_len or context_length(self.base),
+                cfg.shared_prefix,
             )
             stage_data.append(sequences)
-            skipped.append(n_skipped)
+            skipped.append(fitting.dropped)
         # The served (query-only) stage trains final_stage_epochs, every other stage epochs_per_stage, so
         # the full-prompt method and PromptIntern's first stage are the same training and are shared.
         epochs = [cfg.final_stage_epochs if s.query_only else cfg.epochs_per_stage for s in spec.stages]
@@ -157,9 +160,10 @@ class Trainer:
             for i in range(len(spec.stages))
         ]
         reused = self._restore_stages(run_dir, prefixes)
+        planned = zip(spec.stages, stage_data, epochs, strict=True)
         tokens = sum(
-            sum(len(s.input_ids) for s in sequences) * stage_epochs
-            for sequences, stage_epochs in list(zip(stage_data, epochs, strict=True))[reused:]
+            plan_stage(stage, sequences, len(sequences), stage_epochs, cfg, lambda rows: 0.0).tokens
+            for stage, sequences, stage_epochs in list(planned)[reused:]
         )
         estimate = tokens / self.tokens_per_s + EXPORT_SECONDS_GUESS
         if estimate > max_seconds:

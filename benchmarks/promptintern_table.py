@@ -69,23 +69,20 @@ class RunConfig:
 CONFIGS: dict[str, RunConfig] = {
     "smoke": RunConfig(
         "smoke", n_pool=100, n_train=6, n_dev=2, n_dev_ablation=2, max_tokens=12, budget_min=30,
-        train={"stages": 1, "epochs_per_stage": 1.0, "final_stage_epochs": 1.0, "batch_size": 2,
-               "seq_len": 1024, "pack_tokens": 256},
+        train={"stages": 1, "epochs_per_stage": 1.0, "final_stage_epochs": 1.0, "batch_size": 2},
         schedules=("exponential",), stage_counts=(1, 2), train_sizes=(6,),
     ),
-    # 100 training requests, 32 dev: PromptIntern's full-prompt stage (1 epoch, shared with the full-prompt
-    # method) costs ~10 min here, each query-only stage (3 epochs) ~3 min; the budget skips what won't fit.
+    # 100 training requests, 32 dev, the job's default batches and packing: PromptIntern's full-prompt stage
+    # (1 epoch) is shared with the full-prompt method; the budget skips what won't fit.
     "cpu": RunConfig(
         "cpu", n_pool=2000, n_train=100, n_dev=32, n_dev_ablation=32, max_tokens=32, budget_min=57,
-        train={"stages": 1, "epochs_per_stage": 1.0, "final_stage_epochs": 3.0, "batch_size": 2,
-               "seq_len": 1024, "pack_tokens": 256, "lr": 2e-3},
+        train={"stages": 1, "epochs_per_stage": 1.0, "final_stage_epochs": 3.0, "lr": 2e-3},
         schedules=("linear", "exponential", "inverse-exponential"), stage_counts=(1, 2, 3, 4),
         train_sizes=(100, 300, 1000), schedule_stages=2,
     ),
     "full": RunConfig(
         "full", n_pool=0, n_train=1000, n_dev=0, n_dev_ablation=200, max_tokens=64, budget_min=600,
-        train={"stages": 3, "epochs_per_stage": 1.0, "final_stage_epochs": 3.0, "batch_size": 8,
-               "seq_len": 1024, "pack_tokens": 512},
+        train={"stages": 3, "epochs_per_stage": 1.0, "final_stage_epochs": 3.0},
         schedules=("linear", "exponential", "inverse-exponential"), stage_counts=(1, 2, 3, 4),
         train_sizes=(100, 300, 1000),
     ),

@@ -36,11 +36,19 @@ class InternalizeConfig:
     epochs_per_stage: float = 1.0
     final_stage_epochs: float = 2.0  # the query-only stage is what gets served: train it longer
     steps_per_stage: int = 0  # > 0 overrides the epochs (tests, benchmarks)
-    batch_size: int = 4  # packed rows per optimizer step
-    seq_len: int = 256  # longest training sequence; longer examples lose shots first, then are skipped
-    # Tokens per packed row (0 = seq_len). Smaller rows give short query-only sequences more optimizer steps
-    # while long full-prompt sequences (up to seq_len) still fit, one per row.
-    pack_tokens: int = 0
+    batch_size: int = 16  # records per optimizer step (packed into as few rows as fit)
+    # Longest training sequence; 0 = the base model's context. A longer record loses shots first, then is
+    # trained on a more compressed template (the run summary counts both).
+    seq_len: int = 0
+    pack_tokens: int = 0  # tokens per packed row; 0 = a step's records behind one prefix, up to 4,096
+    # Rows wider than this recompute their activations in the backward pass (memory over speed); 0 = never.
+    checkpoint_tokens: int = 2048
+    # Pack the template text every record of a stage begins with once per row, not once per record. Off
+    # trains the same records and loss on whole sequences (for comparisons).
+    shared_prefix: bool = True
+    # Minutes the whole job may take (0 = no limit): template stages then train on fewer records; the
+    # final query-only stage always trains on every record.
+    budget_min: float = 0.0
     lr: float = 1e-3
     warmup_steps: int = 5
     lora_r: int = 8
@@ -84,10 +92,12 @@ class InternalizeConfig:
             raise ConfigError("template_ratio_start must be within [0, 1]")
         if not 0.0 < self.eval_fraction < 1.0:
             raise ConfigError("eval_fraction must be within (0, 1)")
-        if self.seq_len < 16 or self.batch_size < 1:
-            raise ConfigError("seq_len must be >= 16 and batch_size >= 1")
-        if self.pack_tokens < 0:
-            raise ConfigError("pack_tokens must be >= 0 (0 = seq_len)")
+        if (self.seq_len and self.seq_len < 16) or self.seq_len < 0 or self.batch_size < 1:
+            raise ConfigError("seq_len must be 0 (the model's context) or >= 16, and batch_size >= 1")
+        if self.pack_tokens < 0 or self.checkpoint_tokens < 0:
+            raise ConfigError("pack_tokens and checkpoint_tokens must be >= 0 (0 = automatic / never)")
+        if self.budget_min < 0:
+            raise ConfigError("budget_min must be >= 0 (0 = no limit)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -98,7 +108,7 @@ class InternalizeConfig:
             "base_model stages schedule template_ratio_start examples_start epochs_per_stage "
             "final_stage_epochs steps_per_stage batch_size seq_len pack_tokens lr warmup_steps lora_r "
             "lora_alpha lora_dropout lora_targets "
-            "seed eval_fraction min_eval max_eval max_train"
+            "seed eval_fraction min_eval max_eval max_train budget_min"
         ).split()
         blob = json.dumps({k: getattr(self, k) for k in keys}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:10]

@@ -34,6 +34,7 @@ from gateway.environment import apply_defaults
 from gateway.local.factory import make_local_backend
 from gateway.local.tokens import TokenCounters
 from gateway.log.writer import LogWriter
+from gateway.routing.live_calibration import LiveCalibrator
 from gateway.routing.router import Router
 from gateway.settings import Settings, UpstreamModel
 from gateway.state import Gateway
@@ -82,7 +83,12 @@ def create_app(settings: Settings) -> FastAPI:
             stack.push_async_callback(upstream.aclose)
             router = None
             if settings.router_enabled:  # stopped before the writer: shadow runs still log their answers
-                router = Router(settings.db_path, make_local_backend(settings), settings.router_poll_s)
+                router = Router(
+                    settings.db_path,
+                    make_local_backend(settings),
+                    settings.router_poll_s,
+                    live=LiveCalibrator.from_settings(settings),
+                )
                 await router.start()
                 stack.push_async_callback(router.stop)
                 registry.extra_listers.append(router.listing)

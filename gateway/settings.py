@@ -170,6 +170,19 @@ class Settings(BaseSettings):
     # Keys that may read /metrics and nothing else (a Prometheus scraper's), besides the gateway API keys.
     metrics_api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
 
+    # Selective routing (gateway/routing/selective.py): a route with a confidence threshold escalates the
+    # answers below it upstream. A streamed request is answered locally in full before its first byte, up
+    # to this many tokens; a longer answer streams on without the check (as routes without a threshold do).
+    local_confidence_stream_tokens: int = 64
+    # Live calibration (gateway/routing/live_calibration.py): this share of locally served answers is also
+    # sent upstream in the background and compared; once live_calibration_min_samples comparisons (the
+    # newest live_calibration_window) show agreement clearly below the target (one-sided bound at
+    # live_calibration_level), the threshold is raised or the route set to shadow.
+    live_calibration_share: float = Field(default=0.05, ge=0.0, le=1.0)
+    live_calibration_min_samples: int = 20
+    live_calibration_window: int = 200
+    live_calibration_level: float = 0.95
+
     @field_validator("api_keys", "metrics_api_keys", mode="before")
     @classmethod
     def _parse_api_keys(cls, value: Any) -> Any:

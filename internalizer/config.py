@@ -80,6 +80,18 @@ class InternalizeConfig:
     task_metric: str | None = None  # e.g. "bash": command-template match
     eval_base_reference: bool = True  # also score the base model with the full logged prompt (slower)
     activate: bool = True  # activate when the gate passes
+    # Selective routing (internalizer/calibrate.py): serve only the answers confident enough that the
+    # routed ones agree with upstream at least `route_target` of the time (one-sided bound at
+    # `route_level` on the held-out requests). The model is activated (gate passed or not) when that
+    # threshold routes at least `route_min_coverage` of the held-out requests.
+    route_target: float = 0.9
+    route_metric: str = "exact"  # exact | chrf | a task metric name (e.g. bash)
+    route_signal: str = "mean"  # mean | min | sum token log-probability (gateway/local/confidence.py)
+    route_level: float = 0.95
+    route_min_coverage: float = 0.1
+    # Per-template overrides of any key above, by template id (or a prefix of it), e.g. a stricter target
+    # for one app: {"3fa2c1d0": {"route_target": 0.95}}. Applied by `for_template`.
+    per_template: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
@@ -98,9 +110,28 @@ class InternalizeConfig:
             raise ConfigError("pack_tokens and checkpoint_tokens must be >= 0 (0 = automatic / never)")
         if self.budget_min < 0:
             raise ConfigError("budget_min must be >= 0 (0 = no limit)")
+        if not 0.0 < self.route_target <= 1.0 or not 0.5 <= self.route_level < 1.0:
+            raise ConfigError("route_target must be within (0, 1] and route_level within [0.5, 1)")
+        if self.route_signal not in ("mean", "min", "sum"):
+            raise ConfigError(f"route_signal must be mean, min or sum, not {self.route_signal!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def for_template(self, template_id: str) -> InternalizeConfig:
+        """This config with the overrides `per_template` lists for `template_id` (by id or id prefix)."""
+        overrides: dict[str, Any] = {}
+        for key, values in self.per_template.items():
+            if template_id.startswith(str(key)):
+                overrides.update(values or {})
+        if not overrides:
+            return self
+        known = {f.name for f in dataclasses.fields(self)} - {"per_template"}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ConfigError(f"per_template {template_id}: unknown config key(s): {', '.join(unknown)}")
+        typed = {key: _coerce(key, value, getattr(self, key)) for key, value in overrides.items()}
+        return dataclasses.replace(self, **typed)
 
     def fingerprint(self) -> str:
         """Short hash of everything that changes the trained weights (names a run directory)."""

@@ -17,6 +17,7 @@ from typing import Any
 
 from gateway.templates.query_format import query_only_messages
 from internalizer.base import BaseModel
+from internalizer.calibrate import calibrate, generate_scored
 from internalizer.config import InternalizeConfig
 from internalizer.dataset import TemplateData, prompt_ids
 from internalizer.evaluate import score
@@ -100,8 +101,19 @@ def evaluate_model(
     query_only = [query_only_messages(r.slots) for r in data.eval]
     limit = context_length(base)
     n_ctx = n_ctx_for(query_only, base.tokenizer, cfg, limit)
-    answers = generate_answers(gguf_path, query_only, cfg.max_new_tokens, n_ctx)
-    scores: dict[str, Any] = {"internalized": score(answers, references, cfg.task_metric)}
+    scored = generate_scored(gguf_path, query_only, cfg.max_new_tokens, n_ctx)  # answers + token logprobs
+    scores: dict[str, Any] = {
+        "internalized": score([a.text for a in scored], references, cfg.task_metric),
+        "calibration": calibrate(
+            scored,
+            references,
+            metric=cfg.route_metric,
+            signal=cfg.route_signal,
+            target=cfg.route_target,
+            level=cfg.route_level,
+            min_coverage=cfg.route_min_coverage,
+        ),
+    }
     if base.gguf_path is None:
         return scores  # the references run in llama.cpp, which needs the base as a GGUF
     answers = generate_answers(base.gguf_path, query_only, cfg.max_new_tokens, n_ctx)

@@ -23,6 +23,7 @@ from gateway.settings import Settings
 from gateway.templates.query_format import query_only_messages
 from internalizer import registry
 from internalizer.base import load_base, resolve_base_path
+from internalizer.calibrate import summary as calibration_summary
 from internalizer.config import InternalizeConfig
 from internalizer.dataset import DatasetError, Example, TemplateData, load_template_data, prompt_ids
 from internalizer.evaluate import gate_bar, gate_passes
@@ -71,6 +72,7 @@ def internalize(
     say: Callable[[str], None] = lambda message: None,
 ) -> JobResult:
     settings.ensure_home()
+    cfg = cfg.for_template(template_id)  # per-template overrides (a stricter routing target...)
     db = open_db(settings.db_path)
     timings: dict[str, float] = {}
     started = clock = time.perf_counter()
@@ -195,6 +197,7 @@ def internalize(
             "adapter_agreement": exported.verification.adapter_agreement,
         }
         lap("evaluate")
+        calibration = scores.pop("calibration")
         registry.register(
             db,
             model_id=model_id,
@@ -207,6 +210,7 @@ def internalize(
             stage_losses=[asdict(r) for r in results],
             eval_scores=scores,
             n_train_requests=len(data.train),
+            calibration=calibration,
         )
     except BaseException:
         exported.gguf_path.unlink(missing_ok=True)
@@ -216,13 +220,15 @@ def internalize(
     bar = gate_bar(scores, cfg.gate_metric, cfg.gate_threshold, cfg.gate_vs_full_prompt)
     passed = gate_passes(scores["internalized"], cfg.gate_metric, bar)
     status = "candidate"
-    notes = [line for f in fitting if (line := Fitting(**f).describe())]
-    if passed and cfg.activate:
+    notes = [calibration_summary(calibration)]
+    notes += [line for f in fitting if (line := Fitting(**f).describe())]
+    if (passed or calibration["selective"]) and cfg.activate:  # the whole model, or its confident share
         registry.activate(db, model_id)
         status = "active"
-    elif not passed:
+    if not passed:
         ours = scores["internalized"][cfg.gate_metric]
-        notes.append(f"gate: {cfg.gate_metric} {ours:.3f} < {bar:.3f}; kept as candidate")
+        kept = "served selectively" if status == "active" else "kept as candidate"
+        notes.append(f"gate: {cfg.gate_metric} {ours:.3f} < {bar:.3f}; {kept}")
     planned = {p.stage: p for p in plan.stages}
     result = JobResult(
         template_id=template_id,

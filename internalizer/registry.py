@@ -1,8 +1,9 @@
 """The `models` table: internalized models as candidates, the one active model per template, retired ones.
 
 Activation is one SQLite transaction: the template's previous active model is retired, the new one made
-active and the template's route pointed at it, so a reader never sees two active models or none in
-between. Only rows whose GGUF exists and passed verification are ever written (export publishes first).
+active and the template's route pointed at it (with the model's calibrated confidence threshold), so a
+reader never sees two active models or none in between. Only rows whose GGUF exists and passed
+verification are ever written (export publishes first).
 
 The route's mode and canary share are the operator's: an automatic activation (a model that passed the
 gate in `nightly`) points an existing route at the new model but keeps its mode, so a template switched
@@ -20,7 +21,7 @@ from typing import Any
 
 import sqlite_utils
 
-from gateway.routing.routes_store import like_prefix
+from gateway.routing.routes_store import calibrated_threshold, like_prefix
 
 
 class RegistryError(RuntimeError):
@@ -49,8 +50,9 @@ def register(
     stage_losses: list[dict[str, Any]],
     eval_scores: dict[str, Any],
     n_train_requests: int,
+    calibration: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Insert a candidate model row."""
+    """Insert a candidate model row (`calibration`: internalizer/calibrate.py's curve and threshold)."""
     row = {
         "id": model_id,
         "template_id": template_id,
@@ -66,6 +68,8 @@ def register(
         "created_at": _now(),
         "activated_at": None,
     }
+    if calibration is not None:
+        row["calibration"] = json.dumps(calibration)
     with db.conn:
         db.conn.execute(
             f"insert into models ({', '.join(row)}) values ({', '.join('?' for _ in row)})",
@@ -132,11 +136,12 @@ def activate(db: sqlite_utils.Database, model_id: str, *, by_operator: bool = Fa
         canary = existing[0] if existing and existing[0] is not None else 100.0
         mode = "active" if by_operator or existing is None or not existing[1] else existing[1]
         conn.execute(
-            "insert into routes (template_id, model_id, mode, canary_percent, updated_at) "
-            "values (?, ?, ?, ?, ?) "
+            "insert into routes (template_id, model_id, mode, canary_percent, updated_at, threshold, note) "
+            "values (?, ?, ?, ?, ?, ?, null) "
             "on conflict(template_id) do update set model_id = excluded.model_id, mode = excluded.mode, "
-            "canary_percent = excluded.canary_percent, updated_at = excluded.updated_at",
-            [model["template_id"], model["id"], mode, canary, now],
+            "canary_percent = excluded.canary_percent, updated_at = excluded.updated_at, "
+            "threshold = excluded.threshold, note = null",
+            [model["template_id"], model["id"], mode, canary, now, calibrated_threshold(db, model["id"])],
         )
     return get_model(db, model["id"])
 

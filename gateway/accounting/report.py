@@ -9,9 +9,10 @@ compute dollars). "Before" is what the same traffic would have cost without rout
 only from what the router changed:
 - a request served locally (route local): the counterfactual columns, i.e. its full prompt upstream,
   uncached (`counterfactual_spend`) or with its static prefix cached (`counterfactual_cached_spend`);
-- a request that went upstream after (fallback) or beside (shadow) a local run: its upstream bill,
-  i.e. `spend` minus the local compute (`local_compute_s` x local_cost_per_hour), so the wasted local
-  compute counts against the saving;
+- a request that went upstream after (fallback, escalated) or beside (shadow) a local run: its upstream
+  bill, i.e. `spend` minus the local compute (`local_compute_s` x local_cost_per_hour), so the wasted
+  local compute counts against the saving (an escalation costs its local answer plus the upstream price);
+- a request served locally and also answered upstream for live calibration: its `spend` holds both.
 - any other request: its own figures (before = after, both baselines).
 
 JSON shape (`REPORT_SCHEMA`), the one definition the CLI's --json, /dashboard/report.json and the
@@ -25,7 +26,15 @@ dashboard page share:
      "templates": [{"template_id", "template_name", "status", "model_id", "gate_metric", "gate_score",
                     "shadow_agreement", "shadow_samples", "canary_percent", "command", "command_does",
                     **FIGURES}, ...],
-     "next_step": {"title", "text", "command"} | null}
+     "next_step": {"title", "text", "command"} | null,
+     "calibration": [CALIBRATION, ...]}
+
+CALIBRATION (one per route, selective routing): {"template_id", "template_name", "model_id", "mode",
+"threshold" (applied now; null = every answer served), "note" (why live calibration last changed the
+route), "live_agreement", "live_compared" (comparisons since the route last changed), and the model's
+stored calibration (internalizer/calibrate.py) under "model": {"signal", "metric", "target", "n",
+"threshold", "coverage", "agreement", "lower_bound", "overall_agreement", "curve": [{"threshold",
+"n_routed", "coverage", "agreement", "lower_bound"}, ...]} or null for an uncalibrated model}.
 
 FIGURES are the keys of `FIGURE_DOCS` below (null where a figure has no data, e.g. no routed request yet).
 by_template is sorted by uncached baseline spend (largest first), days ascending; template_id null
@@ -36,6 +45,7 @@ per known template (gateway/accounting/template_cards.py: status, model, gate sc
 
 from __future__ import annotations
 
+import json
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -53,6 +63,10 @@ FIGURE_DOCS: dict[str, str] = {
     "routed": "requests served by a local model (route local)",
     "routed_share": "routed / requests (0..1)",
     "fallbacks": "requests tried locally, then sent upstream (route fallback)",
+    "escalated": "requests answered locally below the confidence threshold, then sent upstream",
+    "coverage": "routed / (routed + escalated + fallbacks): share of local attempts served locally",
+    "live_compared": "routed requests also answered upstream and compared (live calibration)",
+    "live_agreement": "mean agreement of those with the upstream answer",
     "shadowed": "requests served upstream and also run locally for comparison (route shadow)",
     "errors": "requests answered with an HTTP error status",
     "served": "requests answered without an error (the set the latency figures are computed over)",
@@ -74,22 +88,23 @@ FIGURE_DOCS: dict[str, str] = {
 FIGURES = tuple(FIGURE_DOCS)
 
 UPSTREAM_ROUTES = ("upstream", "shadow")  # served upstream with the full prompt
-LOCAL_ROUTES = ("local", "fallback")  # the router sent them local
+LOCAL_ROUTES = ("local", "fallback", "escalated")  # the router sent them local
 
 # Requests with their template and UTC day; sums per (template, day) are done by SQLite, and only the
 # latencies, which percentiles need one by one, come back row by row.
 _REQUESTS = """
 select coalesce(r.template_id, rt.template_id) as template_id, substr(r.startTime, 1, 10) as day,
   r.route, r.status, r.prompt_tokens, r.latency_ms, r.spend, r.local_compute_s,
-  r.counterfactual_prompt_tokens, r.counterfactual_spend, r.counterfactual_cached_spend
+  r.counterfactual_prompt_tokens, r.counterfactual_spend, r.counterfactual_cached_spend,
+  r.shadow_agreement
 from requests r left join request_templates rt on rt.request_id = r.request_id
 where r.startTime >= :since
 """
-# Local compute that a fallback or shadow request spent on the local model: without routing it would not
-# have been spent. (Plain upstream rows keep their whole bill: on the embedded default that bill is itself
-# local compute, which routing did not add.)
+# Local compute that a fallback, escalated or shadow request spent on the local model: without routing it
+# would not have been spent. (Plain upstream rows keep their whole bill: on the embedded default that bill
+# is itself local compute, which routing did not add.)
 _WASTED = (
-    "case when q.route in ('fallback', 'shadow') "
+    "case when q.route in ('fallback', 'escalated', 'shadow') "
     "then coalesce(q.local_compute_s, 0) * :rate / 3600 else 0 end"
 )
 _SUMS = f"""
@@ -104,15 +119,18 @@ select q.template_id, q.day, (select name from templates t where t.id = q.templa
   sum(case when q.route = 'local' then coalesce(q.counterfactual_cached_spend, q.spend, 0)
            else coalesce(q.spend, 0) - {_WASTED} end),
   sum(coalesce(q.spend, 0)),
-  sum(q.status is null or q.status < 400), sum(q.route = 'local' and (q.status is null or q.status < 400))
+  sum(q.status is null or q.status < 400), sum(q.route = 'local' and (q.status is null or q.status < 400)),
+  sum(q.route = 'escalated'),
+  sum(q.route = 'local' and q.shadow_agreement is not null),
+  sum(case when q.route = 'local' then coalesce(q.shadow_agreement, 0) else 0 end)
 from q
 group by q.template_id, q.day
 """
 _LATENCIES = f"""
 with q as ({_REQUESTS})
-select template_id, day, route in ('local', 'fallback'), latency_ms from q
+select template_id, day, route in ('local', 'fallback', 'escalated'), latency_ms from q
 where latency_ms is not null and (status is null or status < 400)
-  and route in ('upstream', 'shadow', 'local', 'fallback')
+  and route in ('upstream', 'shadow', 'local', 'fallback', 'escalated')
 """
 
 
@@ -132,6 +150,9 @@ class _Bucket:
     spend_after: float = 0.0
     served: int = 0
     served_locally: int = 0
+    escalated: int = 0
+    live_compared: int = 0
+    live_agreement_sum: float = 0.0
     latency_before: list[float] = field(default_factory=list)
     latency_after: list[float] = field(default_factory=list)
 
@@ -143,11 +164,16 @@ class _Bucket:
 
     def figures(self) -> dict[str, Any]:
         before, after = self.tokens_before, self.tokens_after
+        tried = self.routed + self.escalated + self.fallbacks
         return {
             "requests": self.requests,
             "routed": self.routed,
             "routed_share": self.routed / self.requests if self.requests else None,
             "fallbacks": self.fallbacks,
+            "escalated": self.escalated,
+            "coverage": self.routed / tried if tried else None,
+            "live_compared": self.live_compared,
+            "live_agreement": self.live_agreement_sum / self.live_compared if self.live_compared else None,
             "shadowed": self.shadowed,
             "errors": self.errors,
             "served": self.served,
@@ -171,6 +197,7 @@ class _Bucket:
 SUMMED = (
     "requests", "routed", "fallbacks", "shadowed", "errors", "tokens_before", "tokens_after",
     "spend_before_uncached", "spend_before_cached", "spend_after", "served", "served_locally",
+    "escalated", "live_compared", "live_agreement_sum",
 )  # fmt: skip
 
 
@@ -214,10 +241,50 @@ def build_report(
             {"template_id": tid, "template_name": names.get(tid), "day": day, **cell.figures()}
             for (tid, day), cell in sorted(cells.items(), key=lambda kv: (kv[0][1], kv[0][0] or ""))
         ],
+        "calibration": calibrations(db),
     }
     report["templates"] = template_cards(db, templates, params["since"], _Bucket().figures())
     report["next_step"] = next_step(db, report)
     return report
+
+
+_ROUTES = """
+select r.template_id, t.name, r.model_id, r.mode, r.threshold, r.note, r.updated_at, m.calibration,
+  (select count(*) from requests q where q.template_id = r.template_id and q.route = 'local'
+     and q.model_served = 'local/' || r.model_id and q.startTime >= r.updated_at
+     and q.shadow_agreement is not null),
+  (select avg(q.shadow_agreement) from requests q where q.template_id = r.template_id and q.route = 'local'
+     and q.model_served = 'local/' || r.model_id and q.startTime >= r.updated_at
+     and q.shadow_agreement is not null)
+from routes r left join templates t on t.id = r.template_id left join models m on m.id = r.model_id
+order by r.template_id
+"""
+
+
+def calibrations(db: sqlite_utils.Database) -> list[dict[str, Any]]:
+    """Selective routing per route: the threshold applied now, live agreement, the stored calibration."""
+    if "routes" not in db.table_names():
+        return []
+    out = []
+    for tid, name, model_id, mode, threshold, note, _, calibration, compared, live in db.execute(_ROUTES):
+        try:
+            stored = json.loads(calibration) if calibration else None
+        except ValueError:
+            stored = None
+        out.append(
+            {
+                "template_id": tid,
+                "template_name": name,
+                "model_id": model_id,
+                "mode": mode,
+                "threshold": threshold,
+                "note": note,
+                "live_compared": compared,
+                "live_agreement": live,
+                "model": stored,
+            }
+        )
+    return out
 
 
 def parse_since(text: str, now: datetime | None = None) -> datetime:
@@ -251,7 +318,9 @@ def format_figure(name: str, value: Any) -> str:
     """How a figure is shown to people (CLI tables, dashboard); JSON keeps the raw numbers."""
     if value is None:
         return "n/a"
-    if name == "routed_share":
+    if name == "live_agreement":
+        return f"{value:.3f}"
+    if name in ("routed_share", "coverage"):
         return f"{100 * value:.1f}%"
     if name.endswith("_pct"):
         return f"{value:.1f}%"

@@ -1,4 +1,5 @@
-"""The report as one PNG: spend and input tokens per day (before vs after), latency and savings per template.
+"""The report as one PNG: spend and input tokens per day (before vs after), latency and savings per template,
+and each calibrated route's coverage / agreement curve with the threshold it applies.
 
 matplotlib's object API with the Agg canvas (no pyplot, no display, safe in the dashboard's worker threads).
 """
@@ -16,9 +17,11 @@ def render_png(report: dict[str, Any]) -> bytes:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(12, 8), dpi=100, layout="constrained")
+    figure = Figure(figsize=(12, 11.5), dpi=100, layout="constrained")
     FigureCanvasAgg(figure)
-    (spend_ax, tokens_ax), (latency_ax, saved_ax) = figure.subplots(2, 2)
+    axes = figure.subplot_mosaic([["spend", "tokens"], ["latency", "saved"], ["curve", "curve"]])
+    spend_ax, tokens_ax, latency_ax, saved_ax = (axes[k] for k in ("spend", "tokens", "latency", "saved"))
+    draw_calibration(axes["curve"], report.get("calibration") or [])
     days = report["by_day"]
     labels = [d["day"][5:] for d in days]  # MM-DD
     x = range(len(days))
@@ -60,6 +63,38 @@ def render_png(report: dict[str, Any]) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     return buffer.getvalue()
+
+
+def draw_calibration(ax: Any, routes: list[dict[str, Any]]) -> None:
+    """Routed agreement against coverage per calibrated route (held-out), the applied threshold marked."""
+    ax.set_title("Selective routing: agreement of the routed answers vs the share routed (held-out)")
+    ax.set_xlabel("coverage (share of requests served locally)")
+    ax.set_ylabel("routed agreement")
+    drawn = 0
+    for route in routes[:MAX_TEMPLATES]:
+        model = route.get("model") or {}
+        curve = model.get("curve") or []
+        if not curve:
+            continue
+        label = _short_name(route)
+        line = ax.plot([p["coverage"] for p in curve], [p["agreement"] for p in curve], label=label)[0]
+        ax.plot(
+            [p["coverage"] for p in curve], [p["lower_bound"] for p in curve], ls=":", color=line.get_color()
+        )
+        applied = [
+            p for p in curve if route.get("threshold") is not None and p["threshold"] >= route["threshold"]
+        ]
+        if applied:
+            point = applied[-1]  # the lowest calibrated threshold still at or above the one applied
+            ax.plot([point["coverage"]], [point["agreement"]], "o", color=line.get_color())
+        ax.axhline(model.get("target", 0.9), color=line.get_color(), lw=0.6, ls="--")
+        drawn += 1
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.02)
+    if drawn:
+        ax.legend(fontsize="small", title="solid: agreement, dotted: lower bound, dashed: target, o: applied")
+    else:
+        ax.text(0.5, 0.5, "no calibrated model yet", ha="center", va="center", transform=ax.transAxes)
 
 
 def write_png(report: dict[str, Any], path: Path) -> Path:

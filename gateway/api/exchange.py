@@ -77,6 +77,8 @@ class Exchange:
         self.local_compute_s = 0.0
         self.local_error: str | None = None
         self.template: Template | None = None
+        # the local answer's confidence (gateway/local/confidence.py)
+        self.local_confidence: float | None = None
         self.after_log: Callable[[], None] | None = None  # run once the row is committed (shadow runs)
 
     # ---- timing ----------------------------------------------------------------------------------------
@@ -160,6 +162,7 @@ class Exchange:
             if self.body is not None
             else None,
             "template_id": self.template_id,
+            "local_confidence": self.local_confidence,
             **money,
         }
 

@@ -6,6 +6,13 @@ SSE with usage), with `model` as the client asked. Any failure before the first 
 `fallback`, the time given to the local model is counted as its (wasted) compute, and the caller sends
 the ORIGINAL request upstream, so the client never sees the local failure.
 
+Selective routing: when the route has a confidence threshold, the local answer (for a stream, up to
+`local_confidence_stream_tokens` of it, generated before the first byte) is scored from its token
+log-probabilities, and one below the threshold is `escalated`: the caller sends the original request
+upstream, and the refused local answer, its confidence and its compute are logged beside the upstream's.
+`compare_live` sends a share of the answers served locally upstream as well, for live calibration
+(gateway/routing/live_calibration.py).
+
 `schedule_shadow` runs the local model in the background after a shadowed request's upstream answer was
 logged, then records the local answer and its agreement with the upstream one on that row.
 """
@@ -16,20 +23,25 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import Future
 from typing import Any
 
 from fastapi.responses import JSONResponse, Response
 
 from gateway.accounting.pricing import Usage
 from gateway.api.errors import GatewayError
-from gateway.api.exchange import Exchange, log_exchange, log_unavailable
+from gateway.api.exchange import Exchange, log_exchange, log_unavailable, usage_from
 from gateway.api.schemas import ChatCompletionRequest
 from gateway.api.streaming import ClosingStreamingResponse, log_client_gone, sse
 from gateway.local.backend import LocalDelta, LocalResult
+from gateway.local.confidence import DEFAULT_SIGNAL, confidence
 from gateway.routing.agreement import agreement
 from gateway.routing.router import Decision
+from gateway.routing.routes_store import Route
+from gateway.routing.selective import answer_agreement, escalates
 from gateway.settings import UpstreamModel
 from gateway.state import Gateway
+from gateway.upstream.errors import Timing
 
 log = logging.getLogger("promptintern.gateway")
 
@@ -37,23 +49,30 @@ log = logging.getLogger("promptintern.gateway")
 async def serve_local(
     gateway: Gateway, exchange: Exchange, decision: Decision, request: ChatCompletionRequest, body: dict
 ) -> Response | None:
-    """The local answer, or None after marking the exchange as a fallback (then send `body` upstream)."""
+    """The local answer, or None after marking the exchange as a fallback or an escalation (then send
+    `body` upstream)."""
     assert gateway.router is not None and decision.route is not None and decision.route.gguf_path
     route, backend = decision.route, gateway.router.backend
     upstream = exchange.backend
     exchange.route, exchange.backend = "local", local_model(request.model, route.model_id)
+    params = local_params(body, route)
     started = time.perf_counter()
     try:
         if request.stream:
-            stream = backend.chat_stream(route.model_id, route.gguf_path, decision.local_messages, body)
-            first = await anext(aiter(stream))
+            stream = backend.chat_stream(route.model_id, route.gguf_path, decision.local_messages, params)
+            limit = gateway.settings.local_confidence_stream_tokens if route.threshold is not None else 0
+            deltas = await answer_before_first_byte(stream, limit)
             exchange.local_wait_s += time.perf_counter() - started
-            relay = LocalStream(gateway, exchange, request)
+            finished = deltas[-1].result
+            if finished is not None and escalate(gateway, exchange, route, upstream, finished):
+                await stream.aclose()
+                return None
+            relay = LocalStream(gateway, exchange, request, route, upstream, body)
             headers = {**exchange.headers(), "cache-control": "no-cache"}
             return ClosingStreamingResponse(
-                relay.run(first, stream), media_type="text/event-stream", headers=headers
+                relay.run(deltas, stream), media_type="text/event-stream", headers=headers
             )
-        result = await backend.chat(route.model_id, route.gguf_path, decision.local_messages, body)
+        result = await backend.chat(route.model_id, route.gguf_path, decision.local_messages, params)
     except Exception as exc:  # LocalError, or anything else: the client must not see it
         wasted = time.perf_counter() - started
         exchange.route, exchange.backend = "fallback", upstream
@@ -63,7 +82,10 @@ async def serve_local(
         log.warning("request %s falls back upstream: %s", exchange.request_id, exchange.local_error)
         return None
     exchange.local_wait_s += time.perf_counter() - started
-    _take_result(exchange, result)
+    if escalate(gateway, exchange, route, upstream, result):
+        return None
+    _take_result(exchange, result, route)
+    compare_live(gateway, exchange, route, upstream, body)
     if not await log_exchange(gateway, exchange, 200):
         return log_unavailable().response(headers=exchange.headers())
     payload = {
@@ -81,6 +103,93 @@ async def serve_local(
     return JSONResponse(payload, headers=exchange.headers())
 
 
+# ---- selective routing: confidence, escalation, live calibration ----------------------------------------
+
+
+def local_params(body: dict, route: Route) -> dict:
+    """The request for the local backend: asks for token log-probabilities when the route scores answers."""
+    if route.threshold is None and route.signal is None:
+        return body
+    return {**body, "logprobs": True}
+
+
+def answer_confidence(result: LocalResult, route: Route) -> float | None:
+    """The answer's confidence under the signal the route's threshold was calibrated with."""
+    return confidence(result.token_logprobs, route.signal or DEFAULT_SIGNAL)
+
+
+async def answer_before_first_byte(stream: AsyncIterator[LocalDelta], limit: int) -> list[LocalDelta]:
+    """The first delta; with `limit`, every delta up to the whole answer or `limit` pieces, so a short
+    answer can be scored (and escalated) before the client sees a byte."""
+    deltas = [await anext(stream)]
+    while deltas[-1].result is None and len(deltas) <= limit:
+        deltas.append(await anext(stream))
+    return deltas
+
+
+def escalate(
+    gateway: Gateway, exchange: Exchange, route: Route, upstream: UpstreamModel | None, result: LocalResult
+) -> bool:
+    """Below the route's threshold: mark the exchange `escalated` (the original request goes upstream) and
+    keep the local answer, its confidence and its compute for the log. False: serve the answer."""
+    exchange.local_confidence = answer_confidence(result, route)
+    if not escalates(exchange.local_confidence, route.threshold):
+        return False
+    exchange.route, exchange.backend = "escalated", upstream
+    exchange.local_compute_s += result.compute_s  # spent, and paid for, before the upstream call
+    local_answer, metric = result.text, route.metric or "exact"
+
+    def record_local_answer() -> None:  # the local answer beside the upstream's: calibration data
+        score = answer_agreement(metric, exchange.response_text, local_answer)
+        update = gateway.writer.submit_update(
+            exchange.request_id, {"shadow_response": local_answer, "shadow_agreement": score}
+        )
+        update.add_done_callback(lambda done: _report_failure(done, exchange.request_id))
+
+    exchange.after_log = record_local_answer
+    return True
+
+
+def _report_failure(done: Future, request_id: str) -> None:
+    if done.exception() is not None:
+        log.error("the local answer of %s was not logged: %s", request_id, done.exception())
+
+
+def compare_live(
+    gateway: Gateway, exchange: Exchange, route: Route, upstream: UpstreamModel | None, body: dict
+) -> None:
+    """For a share of the answers served locally, also ask upstream once the row is logged, and compare."""
+    router = gateway.router
+    if router is None or router.live is None or upstream is None or not router.live.wants_comparison(route):
+        return
+    exchange.after_log = lambda: router.spawn(_live_comparison(gateway, exchange, route, upstream, body))
+
+
+async def _live_comparison(
+    gateway: Gateway, exchange: Exchange, route: Route, upstream: UpstreamModel, body: dict
+) -> None:
+    assert gateway.router is not None and gateway.router.live is not None
+    request = {k: v for k, v in body.items() if k != "stream_options"} | {"stream": False}
+    timing = Timing()
+    try:
+        reply = await gateway.upstream.complete(upstream, request, timing)
+        choices = reply.body.get("choices") or [{}]
+        text = (choices[0].get("message") or {}).get("content")
+        dollars = gateway.ledger.pricer.spend(
+            upstream, usage_from(reply.body.get("usage")) or Usage(), timing.backend_s
+        )
+        score = answer_agreement(route.metric or "exact", text, exchange.response_text)
+        update = gateway.writer.submit_update(
+            exchange.request_id,
+            {"shadow_response": text, "shadow_agreement": score},
+            {"spend": dollars or 0.0},
+        )
+        await asyncio.wrap_future(update)
+        await asyncio.to_thread(gateway.router.live.check, route)
+    except Exception as exc:  # a comparison is best effort: the client has its answer already
+        log.warning("live comparison of %s failed: %s", exchange.request_id, exc)
+
+
 def local_model(client_model: str, model_id: str) -> UpstreamModel:
     """The local model as the log's backend (`model_served` local/<id>); `model` stays the client's."""
     return UpstreamModel(name=client_model, litellm_model=f"local/{model_id}", local=True)
@@ -89,21 +198,35 @@ def local_model(client_model: str, model_id: str) -> UpstreamModel:
 class LocalStream:
     """SSE in OpenAI's chunk format from local deltas; the row is committed before the last chunk."""
 
-    def __init__(self, gateway: Gateway, exchange: Exchange, request: ChatCompletionRequest) -> None:
+    def __init__(
+        self,
+        gateway: Gateway,
+        exchange: Exchange,
+        request: ChatCompletionRequest,
+        route: Route,
+        upstream: UpstreamModel | None,
+        body: dict,
+    ) -> None:
         self.gateway, self.exchange, self.request = gateway, exchange, request
+        self.route, self.upstream, self.body = route, upstream, body
         self.pieces: list[str] = []
         self.logged = False
 
-    async def run(self, first: LocalDelta, stream: AsyncIterator[LocalDelta]) -> AsyncIterator[bytes]:
+    async def run(
+        self, buffered: list[LocalDelta], stream: AsyncIterator[LocalDelta]
+    ) -> AsyncIterator[bytes]:
         try:
-            async for out in self._relay(first, stream):
+            async for out in self._relay(buffered, stream):
                 yield out
         finally:
             if not self.logged:  # the client went away mid-stream
                 log_client_gone(self.gateway, self.exchange, self.pieces, stream)
 
-    async def _relay(self, first: LocalDelta, stream: AsyncIterator[LocalDelta]) -> AsyncIterator[bytes]:
-        exchange, delta = self.exchange, first
+    async def _relay(
+        self, buffered: list[LocalDelta], stream: AsyncIterator[LocalDelta]
+    ) -> AsyncIterator[bytes]:
+        exchange, pending = self.exchange, list(buffered)
+        delta = pending.pop(0)
         yield self._chunk({"role": "assistant", "content": ""})
         try:
             while delta.result is None:
@@ -111,6 +234,9 @@ class LocalStream:
                     self.pieces.append(delta.text)
                     exchange.mark_first_token()
                     yield self._chunk({"content": delta.text})
+                if pending:  # generated before the first byte (scored answers)
+                    delta = pending.pop(0)
+                    continue
                 started = time.perf_counter()
                 try:
                     delta = await anext(stream)
@@ -123,7 +249,8 @@ class LocalStream:
             await log_exchange(self.gateway, exchange, error.status, error)
             yield sse(error.body())
             return
-        _take_result(exchange, delta.result)
+        _take_result(exchange, delta.result, self.route)
+        compare_live(self.gateway, exchange, self.route, self.upstream, self.body)
         self.logged = True
         if not await log_exchange(self.gateway, exchange, 200):
             yield sse(log_unavailable().body())
@@ -139,12 +266,13 @@ class LocalStream:
         return sse({**_envelope(self.exchange, self.request, "chat.completion.chunk"), "choices": [choice]})
 
 
-def _take_result(exchange: Exchange, result: LocalResult) -> None:
+def _take_result(exchange: Exchange, result: LocalResult, route: Route) -> None:
     exchange.completion_id = completion_id(exchange)
     exchange.response_text = result.text
     exchange.finish_reason = result.finish_reason
     exchange.usage = Usage(result.prompt_tokens, result.completion_tokens)
     exchange.local_compute_s = result.compute_s
+    exchange.local_confidence = answer_confidence(result, route)
 
 
 def completion_id(exchange: Exchange) -> str:
@@ -185,14 +313,21 @@ async def _shadow_run(gateway: Gateway, exchange: Exchange, decision: Decision, 
     route = decision.route
     try:
         result = await gateway.router.backend.chat(
-            route.model_id, route.gguf_path, decision.local_messages, {**body, "stream": False}
+            route.model_id,
+            route.gguf_path,
+            decision.local_messages,
+            {**local_params(body, route), "stream": False},
         )
     except Exception as exc:
         log.warning("shadow run of %s failed: %s", exchange.request_id, exc)
         return
     update = gateway.writer.submit_update(
         exchange.request_id,
-        {"shadow_response": result.text, "shadow_agreement": agreement(exchange.response_text, result.text)},
+        {
+            "shadow_response": result.text,
+            "shadow_agreement": agreement(exchange.response_text, result.text),
+            "local_confidence": answer_confidence(result, route),
+        },
         gateway.ledger.shadow_charges(result.compute_s),
     )
     try:

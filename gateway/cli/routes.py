@@ -69,6 +69,14 @@ def routes(ctx: click.Context, as_json: bool) -> None:
             "yes" if row["serves"] else _why_not_serving(row),
         )
     Console().print(table)
+    for row in rows:  # selective routing: the confidence threshold applied, and why it last changed
+        if row["threshold"] is not None:
+            click.echo(
+                f"{row['template_id']}: answers below {row['signal']} token log-probability "
+                f"{row['threshold']:.4g} go upstream (target {row['metric']} agreement {row['target']})"
+            )
+        if row["note"]:
+            click.echo(f"{row['template_id']}: {row['note']}")
 
 
 def _why_not_serving(row: dict[str, Any]) -> str:
@@ -125,6 +133,7 @@ TRAFFIC_COLUMNS = (
     ("requests", "requests"),
     ("routed", "routed_share"),
     ("fallbacks", "fallbacks"),
+    ("escalated", "escalated"),
     ("tokens before", "input_tokens_before"),
     ("tokens after", "input_tokens_after"),
     ("token cut", "input_token_reduction_pct"),
@@ -182,8 +191,49 @@ def report(
         console.print(_table(f"{title}: traffic", TRAFFIC_COLUMNS, rows))
         console.print(_table(f"{title}: latency", LATENCY_COLUMNS, rows))
         console.print(_table(f"{title}: dollars", DOLLAR_COLUMNS, rows))
+    if data["calibration"]:
+        console.print(_selective_table(data))
+        for route in data["calibration"]:
+            if route["note"]:
+                click.echo(f"{route['template_id'][:12]}: {route['note']}")
     if not no_chart:
         click.echo(f"chart: {chart_path}")
+
+
+def _selective_table(data: dict[str, Any]) -> Table:
+    """Per route: the threshold applied, what the held-out set promised, what traffic showed."""
+    table = Table(
+        title="Selective routing (held-out: calibration at the gate; live: this traffic)",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
+    for header in ("", "mode", "threshold", "target", "held-out cov/agr", "coverage", "escalated"):
+        table.add_column(header, justify="left" if not header else "right")
+    table.add_column("live agr (n)", justify="right")
+    table.add_column("$ saved vs cached", justify="right")
+    traffic = {t["template_id"]: t for t in data["by_template"]}
+    for route in data["calibration"]:
+        model = route["model"] or {}
+        figures = traffic.get(route["template_id"], {})
+        held_out = (
+            f"{100 * model['coverage']:.0f}% / {model['agreement']:.2f}"
+            if model.get("agreement") is not None
+            else "n/a"
+        )
+        live = route["live_agreement"]
+        table.add_row(
+            (route["template_name"] or route["template_id"])[:24],
+            route["mode"],
+            "none" if route["threshold"] is None else f"{route['threshold']:.4g}",
+            f"{model['target']:.2f} {model['metric']}" if model else "n/a",
+            held_out,
+            format_figure("coverage", figures.get("coverage")),
+            str(figures.get("escalated", 0)),
+            "n/a" if live is None else f"{live:.2f} ({route['live_compared']})",
+            format_figure("saved_vs_cached", figures.get("saved_vs_cached")),
+        )
+    return table
 
 
 def _template_label(row: dict[str, Any]) -> str:

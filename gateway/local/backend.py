@@ -8,6 +8,9 @@ configuration, not code.
 Every failure is a `LocalError` (`LocalOverloaded` and `LocalTimeout` are kinds of it), raised before any
 output for `chat`, and before the first delta for `chat_stream` when nothing was generated yet: the
 router turns it into a fallback upstream. An answer with no visible text is a `LocalError` too.
+
+`params["logprobs"]` true asks the backend for the answer's token log-probabilities (the router asks for
+them to score the answer's confidence; a client asking for logprobs itself is sent upstream).
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ class LocalResult:
     prompt_tokens: int
     completion_tokens: int
     compute_s: float  # seconds the model's worker spent on this request (queueing excluded)
+    # Log-probability of each generated token (gateway/local/confidence.py); None when the backend sent none.
+    token_logprobs: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True)

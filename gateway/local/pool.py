@@ -36,6 +36,7 @@ from gateway.local.backend import (
     LocalTimeout,
     Message,
 )
+from gateway.local.confidence import LogprobRecorder
 from gateway.settings import Settings
 
 PREPARE_GRACE_S = 30.0  # a prepared model is not evicted before it had this long to take traffic
@@ -306,11 +307,9 @@ class LlamaPool:
         if model.closed:
             emit(LocalError(f"local model {model.model_id} was unloaded"))
             return
-        seen: list[int] = []  # prompt length at each sampling step, from llama.cpp's logits hook
-
-        def count_tokens(input_ids: Any, scores: Any) -> Any:
-            seen.append(len(input_ids))
-            return scores
+        # Prompt length, generated-token count and each token's log-probability, from llama.cpp's logits
+        # hook; cheap enough to record on every request.
+        recorder = LogprobRecorder()
 
         started = time.perf_counter()
         text, held, finish_reason = [], "", "stop"
@@ -318,7 +317,7 @@ class LlamaPool:
             from llama_cpp import LogitsProcessorList
 
             stream = model.llama.create_chat_completion(
-                messages=messages, stream=True, logits_processor=LogitsProcessorList([count_tokens]), **kwargs
+                messages=messages, stream=True, logits_processor=LogitsProcessorList([recorder]), **kwargs
             )
             for chunk in stream:
                 if cancel.is_set():
@@ -341,9 +340,8 @@ class LlamaPool:
             return
         if held:
             emit(LocalDelta(held))
-        prompt_tokens = seen[0] if seen else 0
         # One sampling step per generated token, plus the step that sampled end-of-text.
-        completion_tokens = max(0, len(seen) - (1 if finish_reason == "stop" else 0))
+        completion_tokens = max(0, recorder.steps - (1 if finish_reason == "stop" else 0))
         emit(
             LocalDelta(
                 "",
@@ -351,9 +349,10 @@ class LlamaPool:
                     model_id=model.model_id,
                     text=answer,
                     finish_reason=finish_reason,
-                    prompt_tokens=prompt_tokens,
+                    prompt_tokens=recorder.prompt_tokens,
                     completion_tokens=completion_tokens,
                     compute_s=time.perf_counter() - started,
+                    token_logprobs=tuple(recorder.logprobs),
                 ),
             )
         )

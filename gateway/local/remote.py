@@ -5,6 +5,8 @@ then scales past one machine. The server must serve each internalized model unde
 (llama.cpp server `--model_alias`, vLLM `--served-model-name` or a LoRA module name); the GGUF path is
 the server's business and is ignored here. Per model at most `local_queue_size + 1` requests are in
 flight from this gateway; 429 and 503 answers count as overload, like a full queue in `LlamaPool`.
+With `params["logprobs"]` the server is asked for the chosen tokens' log-probabilities (`logprobs: true,
+top_logprobs: 0`; llama-cpp-python's server computes them with its default `logits_all`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from gateway.local.backend import (
     LocalTimeout,
     Message,
 )
+from gateway.local.confidence import logprobs_from_openai
 from gateway.settings import Settings
 
 
@@ -63,6 +66,7 @@ class RemoteLocalBackend:
                 choice = body["choices"][0]
                 text = choice["message"].get("content") or ""
                 usage = body.get("usage") or {}
+                logprobs = logprobs_from_openai(choice.get("logprobs"))
             except (ValueError, KeyError, IndexError, TypeError) as exc:
                 raise LocalError(f"remote model {model_id} sent an unreadable answer: {exc}") from None
         if not text.strip():
@@ -75,6 +79,7 @@ class RemoteLocalBackend:
             prompt_tokens=int(usage.get("prompt_tokens") or 0),
             completion_tokens=int(usage.get("completion_tokens") or 0),
             compute_s=time.perf_counter() - started,
+            token_logprobs=tuple(logprobs) if params.get("logprobs") else None,
         )
 
     async def chat_stream(
@@ -82,6 +87,7 @@ class RemoteLocalBackend:
     ) -> AsyncIterator[LocalDelta]:
         started = time.perf_counter()
         text: list[str] = []
+        logprobs: list[float] = []
         held, finish_reason, usage, pieces = "", "stop", {}, 0
         with self._slot(model_id):
             response = await self._post(model_id, messages, params, stream=True)
@@ -97,6 +103,7 @@ class RemoteLocalBackend:
                     for choice in chunk.get("choices") or []:
                         piece = (choice.get("delta") or {}).get("content") or ""
                         finish_reason = choice.get("finish_reason") or finish_reason
+                        logprobs += logprobs_from_openai(choice.get("logprobs"))
                         pieces += bool(piece)
                         text.append(piece)
                         held += piece  # as LlamaPool: nothing is emitted before some visible text
@@ -125,6 +132,7 @@ class RemoteLocalBackend:
                 # Servers that do not send usage in a stream: one delta is about one token.
                 completion_tokens=int(usage.get("completion_tokens") or pieces),
                 compute_s=time.perf_counter() - started,
+                token_logprobs=tuple(logprobs) if params.get("logprobs") else None,
             ),
         )
 
@@ -168,6 +176,8 @@ class RemoteLocalBackend:
         body |= {"model": model_id, "messages": list(messages), "stream": stream}
         if stream:
             body["stream_options"] = {"include_usage": True}
+        if body.get("logprobs"):  # the chosen tokens' log-probabilities only: no alternatives to rank
+            body["top_logprobs"] = 0
         try:
             request = self._client.build_request("POST", "/chat/completions", json=body)
             response = await self._client.send(request, stream=stream)

@@ -159,6 +159,18 @@ def m007_requests_sanitized(db: sqlite_utils.Database) -> None:
     db["requests"].add_column("sanitized", str)
 
 
+@migration
+def m008_selective_routing(db: sqlite_utils.Database) -> None:
+    # A model's calibration (JSON: confidence signal, metric, target, coverage/agreement curve, threshold).
+    db["models"].add_column("calibration", str)
+    # The confidence threshold a route applies now (NULL = none: every answer served) and why it last
+    # changed (live calibration writes it).
+    db["routes"].add_column("threshold", float)
+    db["routes"].add_column("note", str)
+    # The local answer's confidence (local, escalated and shadow rows).
+    db["requests"].add_column("local_confidence", float)
+
+
 def open_db(path: str | Path, busy_timeout_ms: int = 10000) -> sqlite_utils.Database:
     """Open (creating if needed) a log database in WAL mode with every migration applied."""
     path = Path(path)

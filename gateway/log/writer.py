@@ -67,11 +67,13 @@ GATEWAY_COLUMNS = (
     "counterfactual_spend",
     "counterfactual_cached_spend",
     "completion_id",
+    # Selective routing: the local answer's confidence.
+    "local_confidence",
 )
 # Columns a later update may set (a shadow run's answer; the status a client got when the commit was late)
 # or add to (a shadow run's compute and cost).
 UPDATABLE_COLUMNS = frozenset(
-    {"shadow_response", "shadow_agreement", "local_compute_s", "spend", "status", "error"}
+    {"shadow_response", "shadow_agreement", "local_compute_s", "spend", "status", "error", "local_confidence"}
 )
 STORED_COLUMNS = (*GATEWAY_COLUMNS, "sanitized")
 _INSERT = (

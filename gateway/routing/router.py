@@ -10,7 +10,9 @@ A new snapshot takes traffic only after `backend.prepare` loaded each newly serv
 fails to load stays upstream); models no longer routed are released after the swap.
 
 Per request (`decide`): match the template; go local (or shadow) only if its route serves, the request
-uses no parameter the local model cannot honour (`unsupported_params`) and the canary draw says so.
+uses no parameter the local model cannot honour (`unsupported_params`) and the canary draw says so. A
+route with a confidence threshold may still escalate the local answer upstream (gateway/api/
+local_serving.py, gateway/routing/selective.py).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import sqlite_utils
 
 from gateway.api.schemas import model_card
 from gateway.local.backend import LocalBackend, unsupported_params
+from gateway.routing.live_calibration import LiveCalibrator
 from gateway.routing.routes_store import (
     EMPTY_SNAPSHOT,
     Route,
@@ -88,6 +91,7 @@ class Router:
     backend: LocalBackend
     poll_interval_s: float = 0.5
     draw: Callable[[], float] = random.random  # the canary draw, in [0, 1)
+    live: LiveCalibrator | None = None  # live calibration of routes with a confidence threshold
     snapshot: RouterSnapshot = EMPTY_ROUTER_SNAPSHOT
     _tasks: set[asyncio.Task] = field(default_factory=set)
     _poller: asyncio.Task | None = None

@@ -7,6 +7,10 @@ when to reload; the CLI in another process changes routes only through the funct
 
 Only a route whose mode is active or shadow AND whose model row exists with status `active` serves
 traffic (`RoutesSnapshot.serving`): retiring or deleting a model stops its traffic at the next reload.
+
+A route may carry a confidence threshold (gateway/routing/selective.py): answers below it are escalated
+upstream. It starts as the model's calibrated threshold whenever the route points at a model, and live
+calibration may raise it or set the route to shadow (`adjust_route`), never touching a route turned off.
 """
 
 from __future__ import annotations
@@ -37,6 +41,13 @@ class Route:
     template_name: str | None
     gguf_path: str | None  # None when the model row is gone
     model_status: str | None  # candidate | active | retired | None (row deleted)
+    # Selective routing: answers less confident than `threshold` go upstream (None = no check); the
+    # confidence signal, agreement metric and target come from the model's calibration.
+    threshold: float | None = None
+    signal: str | None = None
+    metric: str | None = None
+    target: float | None = None
+    note: str | None = None  # why live calibration last changed the route
 
     @property
     def serves(self) -> bool:
@@ -53,6 +64,11 @@ class Route:
             "gguf_path": self.gguf_path,
             "serves": self.serves,
             "updated_at": self.updated_at,
+            "threshold": self.threshold,
+            "signal": self.signal,
+            "metric": self.metric,
+            "target": self.target,
+            "note": self.note,
         }
 
 
@@ -74,7 +90,9 @@ EMPTY_SNAPSHOT = RoutesSnapshot(routes=MappingProxyType({}), fingerprint="")
 
 _JOINED = """
 select r.template_id, r.model_id, r.mode, r.canary_percent, r.updated_at,
-       t.name as template_name, m.gguf_path, m.status as model_status
+       t.name as template_name, m.gguf_path, m.status as model_status, r.threshold, r.note,
+       json_extract(m.calibration, '$.signal') as signal, json_extract(m.calibration, '$.metric') as metric,
+       json_extract(m.calibration, '$.target') as target
 from routes r
 left join models m on m.id = r.model_id
 left join templates t on t.id = r.template_id
@@ -149,10 +167,14 @@ def set_route(
             raise RouteError(
                 f"model {model_id} was trained for template {model['template_id']}, not {template_id}"
             )
+        new_model = existing is None or existing["model_id"] != model_id
         row = {
             "template_id": template_id,
             "model_id": model_id,
             "mode": mode or (existing["mode"] if existing else "active"),
+            # A route pointed at a model starts from that model's calibrated threshold.
+            "threshold": calibrated_threshold(db, model_id) if new_model else existing["threshold"],
+            "note": None if new_model else existing["note"],
             "canary_percent": float(
                 canary_percent
                 if canary_percent is not None
@@ -162,6 +184,43 @@ def set_route(
         }
         db["routes"].upsert(row, pk="template_id")
     return get_route(db, template_id)
+
+
+def calibrated_threshold(db: sqlite_utils.Database, model_id: str) -> float | None:
+    """The threshold a route to `model_id` applies: its calibration's `route_threshold` (None: no check)."""
+    row = db.execute(
+        "select json_extract(calibration, '$.route_threshold') from models where id = ?", [model_id]
+    ).fetchone()
+    return None if row is None or row[0] is None else float(row[0])
+
+
+def adjust_route(
+    db: sqlite_utils.Database,
+    template_id: str,
+    model_id: str,
+    *,
+    note: str,
+    threshold: float | None = None,
+    mode: str | None = None,
+) -> bool:
+    """Live calibration's change: raise the threshold and/or set the mode, if the route still serves
+    `model_id` and is not off (an operator's kill switch is never undone). True if changed."""
+    if mode is not None and mode not in SERVING_MODES:
+        raise RouteError(f"live calibration may set active or shadow, not {mode!r}")
+    assignments, params = ["note = ?", "updated_at = ?"], [note, datetime.now(UTC).isoformat()]
+    if threshold is not None:
+        assignments.append("threshold = ?")
+        params.append(threshold)
+    if mode is not None:
+        assignments.append("mode = ?")
+        params.append(mode)
+    with db.conn:
+        cursor = db.conn.execute(
+            f"update routes set {', '.join(assignments)} "
+            "where template_id = ? and model_id = ? and mode != 'off'",
+            [*params, template_id, model_id],
+        )
+    return cursor.rowcount > 0
 
 
 def route_off(db: sqlite_utils.Database, template_id: str) -> Route:
@@ -208,12 +267,18 @@ def _route(row: dict) -> Route:
         template_name=row["template_name"],
         gguf_path=row["gguf_path"],
         model_status=row["model_status"],
+        threshold=row["threshold"],
+        signal=row["signal"],
+        metric=row["metric"],
+        target=row["target"],
+        note=row["note"],
     )
 
 
 def _fingerprint_of(routes: list[Route]) -> str:
     text = "\n".join(
         f"{r.template_id}|{r.model_id}|{r.mode}|{r.canary_percent}|{r.updated_at}|{r.gguf_path}|{r.model_status}"
+        f"|{r.threshold}|{r.signal}"
         for r in routes
     )
     return hashlib.sha256(text.encode()).hexdigest()[:16]

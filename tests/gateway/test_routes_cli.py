@@ -50,6 +50,12 @@ def test_set_creates_a_route_to_the_newest_active_model_and_lists_it(db):
         "gguf_path": "/m/nl2bash-v1.gguf",
         "serves": True,
         "updated_at": None,
+        # An uncalibrated model: no confidence threshold, every answer served.
+        "threshold": None,
+        "signal": None,
+        "metric": None,
+        "target": None,
+        "note": None,
     }
     table = _cli("routes").output
     assert NL2BASH in table and "nl2bash-v1" in table and "shadow" in table

@@ -35,6 +35,16 @@ def test_internalize_tiny_template_end_to_end(tiny_env):
     assert len(json.loads(row["stage_losses"])) == 2
     route = db["routes"].get(template_id)
     assert route["model_id"] == result.model_id and route["mode"] == "active"
+    # The gate's calibration is stored with the model: 4 held-out requests promise nothing, so the model
+    # (activated by the whole-model gate) answers every request: no confidence threshold on its route.
+    calibration = json.loads(row["calibration"])
+    assert (
+        calibration["n"] == 4
+        and len(calibration["curve"]) >= 1
+        and set(calibration["auroc"]) == {"mean", "min", "sum"}
+    )
+    assert calibration["route_threshold"] is None and route["threshold"] is None
+    assert any(note.startswith("calibration:") for note in result.notes)
     summary = json.loads((Path(result.run_dir) / "summary.json").read_text())
     assert summary["model_id"] == result.model_id
     assert summary["minutes"]["planned"] > 0 and summary["minutes"]["actual"] > 0

@@ -399,6 +399,8 @@ class FakeUpstream:
         await send(chunk({"role": "assistant", "content": ""}, None))
         for i, piece in enumerate(_join(words)):
             if model == "midstream-error" and i == 2:
+                # Let the reader take what was sent first: aiohttp drops data still buffered at a reset.
+                await asyncio.sleep(0.2)
                 raise ConnectionResetError("fake upstream drops the stream")  # uvicorn closes the socket
             if model.startswith("drip-"):
                 await asyncio.sleep(float(model.removeprefix("drip-")) / 1000)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -183,3 +185,49 @@ def test_queries_file_gives_records_without_a_target(tmp_path):
     records = load_queries(path)
     assert [r.target for r in records] == ["", ""]
     assert records[1].request_id == "x1" and records[1].slots == {"lang": "en", "query": "show disk usage"}
+
+
+def test_the_job_distils_and_its_teacher_answers_failed_requests_and_queries(tiny_env, tmp_path):
+    from click.testing import CliRunner
+
+    from gateway.cli import main
+    from gateway.store import open_db
+    from tests.internalizer.conftest import fast_overrides
+
+    settings, template_id = tiny_env
+    db = open_db(settings.db_path)
+    failed = [
+        r["request_id"] for r in db.query("select request_id from requests order by request_id limit 2")
+    ]
+    db.execute("update requests set status = 502, response = null where request_id in (?, ?)", failed)
+    db.conn.commit()
+    queries = tmp_path / "q.jsonl"
+    queries.write_text(
+        '{"query": "count lines in notes.txt"}\n{"id": "q2", "query": "show free disk space"}\n'
+    )
+    runner = CliRunner()
+    args = ["internalize", template_id, "--json", *fast_overrides(steps_per_stage=4, max_new_tokens=8)]
+
+    refused = runner.invoke(main, [*args, "--queries", str(queries)])
+    assert refused.exit_code != 0 and "needs a teacher" in refused.output
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("{not json\n")
+    broken = runner.invoke(main, [*args, "--queries", str(bad), "-o", "distill_alpha=0.5"])
+    assert broken.exit_code != 0 and "bad.jsonl:1: expected a JSON object" in broken.output
+
+    result = runner.invoke(
+        main, [*args, "--queries", str(queries), "-o", "distill_alpha=0.5", "-o", "distill_topk=8"]
+    )
+    assert result.exit_code == 0, result.output
+    row = json.loads(result.stdout)
+    distillation = row["distillation"]
+    assert distillation["teacher"] == "finetune" and distillation["teacher_passes"] == 1
+    assert distillation["distilled_stages"] == [2] and distillation["written_answers"] == 4
+    assert [s["distilled"] for s in row["stages"]] == [False, True]
+    run = Path(row["run_dir"])
+    manifest = json.loads((run / "teacher" / "manifest.json").read_text())
+    assert (
+        manifest["k"] == 8 and manifest["teacher"].startswith("stage-1:") and manifest["written_answers"] == 4
+    )
+    written = [json.loads(line)["key"] for line in (run / "teacher-answers.jsonl").read_text().splitlines()]
+    assert set(written) == {*failed, "q2", next(k for k in written if k.startswith("query-"))}

@@ -191,6 +191,15 @@ class Trainer:
             for i in range(len(spec.stages))
         ]
         reused = self._restore_stages(run_dir, prefixes)
+        # Methods that differ only in alpha share one teacher pass (its manifest is checked on load).
+        shared_teacher = None
+        if teacher is not None:
+            any_alpha = dataclasses.replace(cfg, stages=0, schedule="linear", distill_alpha=0.5).fingerprint()
+            adapter = file_hash(teacher_adapter) if teacher_adapter else ""
+            key = f"{teacher.source}|{adapter}|{any_alpha}|{n_train}|{spec.stages[:1]}"
+            shared_teacher = self.work_dir / "teachers" / _short_hash(key)
+            if shared_teacher.is_dir() and not teacher.folder.is_dir():
+                shutil.copytree(shared_teacher, teacher.folder)
         planned = zip(spec.stages, stage_data, epochs, strict=True)
         tokens = sum(
             plan_stage(stage, sequences, len(sequences), stage_epochs, cfg, lambda rows: 0.0).tokens
@@ -218,6 +227,8 @@ class Trainer:
             teacher=teacher,
         )
         self._save_stages(run_dir, prefixes)
+        if shared_teacher is not None and teacher.folder.is_dir() and not shared_teacher.is_dir():
+            shutil.copytree(teacher.folder, shared_teacher)
         train_seconds = time.perf_counter() - started
         trained_tokens = sum(r.train_tokens for r in results if not r.resumed)
         trained_seconds = sum(r.seconds for r in results if not r.resumed)

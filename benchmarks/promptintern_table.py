@@ -235,15 +235,15 @@ def run_dataset(
     runner.close()
 
     # 2. Trained methods (cheapest first), each exported to a Q8_0 GGUF and served by llama.cpp. The
-    # distilled ones come after the full-prompt fine-tune: it is their teacher (and PromptIntern's first
-    # stage, shared).
+    # full-prompt fine-tune is PromptIntern's first stage (shared) and the distilled methods' teacher; it is
+    # evaluated last, on full prompts, the slowest evaluation.
     distill_cfg = dataclasses.replace(train_cfg, **DISTILL)
     specs = [
         (query_only_spec(), query_only, train_cfg),
         (promptintern_spec("promptintern", train_cfg), query_only, train_cfg),
-        (full_prompt_spec(), full, train_cfg),
         (promptintern_spec("promptintern_distill", distill_cfg), query_only, distill_cfg),
         (query_only_spec("ft_query_distill"), query_only, distill_cfg),
+        (full_prompt_spec(), full, train_cfg),
     ]
     trained: dict[str, Any] = {}
     # Time to serve the dev set once with a full prompt: what evaluating a trained method may cost.
@@ -255,14 +255,14 @@ def run_dataset(
         if budget.left_s() < 60:
             results.skip(spec.key, f"time budget of {rc.budget_min} min spent")
             continue
-        teacher = None
-        if spec.key == "ft_query_distill":  # one stage: the teacher is the separate full-prompt fine-tune
-            if "ft_full" not in trained:
-                results.skip(spec.key, "needs the full-prompt fine-tune (its teacher), not trained")
-                continue
-            teacher = trained["ft_full"].adapter_path
         say(f"training {spec.key}: stages {[(s.template_ratio, s.n_examples) for s in spec.stages]}")
         try:
+            teacher = None
+            if spec.key == "ft_query_distill":  # one stage: its teacher is the separate full-prompt fine-tune
+                full_ft = trainer.train(
+                    full_prompt_spec(), train_cfg, rc.n_train, say, budget.left_s() - eval_s
+                )
+                teacher = full_ft.adapter_path
             model = trainer.train(
                 spec, cfg, rc.n_train, say, max_seconds=budget.left_s() - eval_s, teacher_adapter=teacher
             )

@@ -132,13 +132,26 @@ def compress(
 
 
 def _run_one(
-    settings: Settings, template_id: str, cfg: Any, labels: Path | None, as_json: bool
+    settings: Settings,
+    template_id: str,
+    cfg: Any,
+    labels: Path | None,
+    as_json: bool,
+    queries: Path | None = None,
 ) -> dict[str, Any]:
     from internalizer.job import internalize as run_job
 
     say = (lambda m: None) if as_json else (lambda m: click.echo(f"  {m}", err=True))
     try:
-        result = run_job(settings, template_id, cfg, labels_path=labels, progress=not as_json, say=say)
+        result = run_job(
+            settings,
+            template_id,
+            cfg,
+            labels_path=labels,
+            progress=not as_json,
+            say=say,
+            queries_path=queries,
+        )
     except Exception as exc:
         if type(exc).__name__ in USER_ERRORS:
             return {
@@ -194,6 +207,11 @@ def _report(rows: list[dict[str, Any]], gate_metric: str, as_json: bool) -> None
     "--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Targets (JSONL)."
 )
 @click.option(
+    "--queries",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help='More queries (JSONL, {"query": ...} a line) the teacher answers; needs distill_alpha < 1.',
+)
+@click.option(
     "--min-saving", default=0.0, show_default=True, help="With --all: est. monthly saving ($) needed."
 )
 @_with_config_options
@@ -204,6 +222,7 @@ def internalize(
     template_id: str | None,
     all_templates: bool,
     labels: Path | None,
+    queries: Path | None,
     min_saving: float,
     config_file: str | None,
     budget_min: float | None,
@@ -232,7 +251,9 @@ def internalize(
             raise CliError(f"no template has {cfg.min_requests}+ requests and ${min_saving}+ monthly saving")
     else:
         ids = [_resolve_template(db, template_id or "")]
-    rows = [_run_one(settings, tid, cfg, labels, as_json) for tid in ids]
+    if queries and all_templates:
+        raise CliError("--queries belongs to one template: give a TEMPLATE_ID, not --all")
+    rows = [_run_one(settings, tid, cfg, labels, as_json, queries) for tid in ids]
     _report(rows, cfg.gate_metric, as_json)
 
 

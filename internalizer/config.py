@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 SCHEDULES = ("linear", "exponential", "inverse-exponential")
+TEACHERS = ("finetune", "base")
 QUANTS = ("f32", "f16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0")
 
 
@@ -49,6 +50,16 @@ class InternalizeConfig:
     # Minutes the whole job may take (0 = no limit): template stages then train on fewer records; the
     # final query-only stage always trains on every record.
     budget_min: float = 0.0
+    # Distillation of the prompt: the stages after the first template stage (those that see less of the
+    # prompt) train on alpha * cross-entropy + (1 - alpha) * KL(teacher's top-K || student), the teacher
+    # seeing the whole prompt. alpha = 1 is plain cross-entropy on the answers (no teacher pass).
+    distill_alpha: float = 1.0
+    distill_topk: int = 64  # teacher log-probabilities kept per answer token (plus the rest's mass)
+    distill_temperature: float = 1.0
+    # finetune = the model after the first (full-template) stage; base = the base model, full prompt.
+    distill_teacher: str = "finetune"
+    # Requests without a usable answer (logged ones, and `--queries`) the teacher answers greedily, at most.
+    distill_write_max: int = 256
     lr: float = 1e-3
     warmup_steps: int = 5
     lora_r: int = 8
@@ -108,12 +119,24 @@ class InternalizeConfig:
             raise ConfigError("seq_len must be 0 (the model's context) or >= 16, and batch_size >= 1")
         if self.pack_tokens < 0 or self.checkpoint_tokens < 0:
             raise ConfigError("pack_tokens and checkpoint_tokens must be >= 0 (0 = automatic / never)")
+        if not 0.0 <= self.distill_alpha <= 1.0:
+            raise ConfigError("distill_alpha must be within [0, 1] (1 = no distillation)")
+        if self.distill_topk < 1 or self.distill_temperature <= 0:
+            raise ConfigError("distill_topk must be >= 1 and distill_temperature > 0")
+        if self.distill_teacher not in TEACHERS:
+            raise ConfigError(
+                f"distill_teacher must be one of {', '.join(TEACHERS)}, not {self.distill_teacher!r}"
+            )
         if self.budget_min < 0:
             raise ConfigError("budget_min must be >= 0 (0 = no limit)")
         if not 0.0 < self.route_target <= 1.0 or not 0.5 <= self.route_level < 1.0:
             raise ConfigError("route_target must be within (0, 1] and route_level within [0.5, 1)")
         if self.route_signal not in ("mean", "min", "sum"):
             raise ConfigError(f"route_signal must be mean, min or sum, not {self.route_signal!r}")
+
+    @property
+    def distills(self) -> bool:
+        return self.distill_alpha < 1.0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -141,6 +164,14 @@ class InternalizeConfig:
             "lora_alpha lora_dropout lora_targets "
             "seed eval_fraction min_eval max_eval max_train budget_min"
         ).split()
+        if self.distills:  # without distillation, run directories stay those of plain training
+            keys += [
+                "distill_alpha",
+                "distill_topk",
+                "distill_temperature",
+                "distill_teacher",
+                "distill_write_max",
+            ]
         blob = json.dumps({k: getattr(self, k) for k in keys}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:10]
 

@@ -25,13 +25,24 @@ from internalizer import registry
 from internalizer.base import load_base, resolve_base_path
 from internalizer.calibrate import summary as calibration_summary
 from internalizer.config import InternalizeConfig
-from internalizer.dataset import DatasetError, Example, TemplateData, load_template_data, prompt_ids
+from internalizer.dataset import (
+    DatasetError,
+    Example,
+    Record,
+    TemplateData,
+    load_queries,
+    load_template_data,
+    prompt_ids,
+    render_stage_messages,
+)
+from internalizer.distill import Pending, Teacher
 from internalizer.evaluate import gate_bar, gate_passes
 from internalizer.export import export_model
 from internalizer.heldout import context_length, estimate_finish_s, evaluate_model
+from internalizer.packing import Sequence, pack, row_tokens
 from internalizer.plan import apply_plan, make_plan, measure_step_cost, stage_epochs
 from internalizer.retrieve import ExampleRetriever
-from internalizer.schedule import build_stages
+from internalizer.schedule import Stage, build_stages
 from internalizer.stage_data import Fitting, TemplateTexts, stage_sequences
 from internalizer.train import completed_stage, lora_model, train_stages
 
@@ -51,6 +62,7 @@ class JobResult:
     plan: dict[str, Any] = field(default_factory=dict)  # internalizer.plan.Plan, as planned before training
     fitting: list[dict[str, Any]] = field(default_factory=list)  # per stage: records shortened or left out
     minutes: dict[str, float] = field(default_factory=dict)  # planned and actual, the whole job
+    distillation: dict[str, Any] = field(default_factory=dict)  # the teacher, when the job distils one
 
 
 def run_dir_for(settings: Settings, data: TemplateData, cfg: InternalizeConfig, base_path: Path) -> Path:
@@ -70,6 +82,7 @@ def internalize(
     labels_path: Path | None = None,
     progress: bool = True,
     say: Callable[[str], None] = lambda message: None,
+    queries_path: Path | None = None,
 ) -> JobResult:
     settings.ensure_home()
     cfg = cfg.for_template(template_id)  # per-template overrides (a stricter routing target...)
@@ -94,6 +107,9 @@ def internalize(
         max_train=cfg.max_train,
         labels_path=labels_path,
     )
+    queries = load_queries(queries_path) if queries_path else []
+    if queries and not cfg.distills:
+        raise DatasetError("--queries needs a teacher to answer them: set -o distill_alpha below 1")
     lap("dataset")
 
     # 2. Base model (GGUF or HF dir), checked before any slow work; the run dir depends on it.
@@ -114,11 +130,18 @@ def internalize(
     lap("compress")
 
     # 4. Retrieval: nearest examples for every training record (mined pool + the other training records).
-    k_max = max(s.n_examples for s in stages)
+    # The teacher sees the whole prompt: the whole template and examples_start shots.
+    k_max = max([s.n_examples for s in stages] + [cfg.examples_start if cfg.distills else 0])
+    pending = (data.unanswered + queries)[: cfg.distill_write_max] if cfg.distills else []
     shots: list[list[Example]] = [[] for _ in data.train]
+    pending_shots: dict[str, list[Example]] = {r.request_id: [] for r in pending}
     if k_max:
         pool = data.examples + [Example(r.request_id, r.query, r.target) for r in data.train]
-        shots = ExampleRetriever(pool).top_k_batch([r.query for r in data.train], k_max)
+        retriever = ExampleRetriever(pool)
+        shots = retriever.top_k_batch([r.query for r in data.train], k_max)
+        if pending:
+            found = retriever.top_k_batch([r.query for r in pending], k_max)
+            pending_shots = {r.request_id: s for r, s in zip(pending, found, strict=True)}
     lap("retrieve")
 
     # 5. Stage data: each record fitted into the longest sequence allowed (the model's context by default).
@@ -138,6 +161,47 @@ def internalize(
         fitting.append(fitted.to_dict())
     lap("stage_data")
 
+    # 5b. The distillation teacher: every record on the whole prompt, and the requests it will answer.
+    teacher = None
+    if cfg.distills:
+        whole = Stage(1, 1.0, cfg.examples_start)
+        teacher_data = stage_data[0] if stages[0] == whole else None
+        if teacher_data is None:
+            teacher_data, _ = stage_sequences(
+                whole, data.train, templates, shots, base.tokenizer, max_len, cfg.shared_prefix
+            )
+
+        def student_sequences(stage_index: int, records: list[Record]) -> list[Sequence]:
+            stage = stages[stage_index - 1]
+            found = [pending_shots[r.request_id] for r in records]
+            return stage_sequences(
+                stage, records, templates, found, base.tokenizer, max_len, cfg.shared_prefix
+            )[0]
+
+        teacher = Teacher(
+            cfg,
+            run_dir,
+            stages,
+            teacher_data,
+            base.tokenizer,
+            base.tokenizer.pad_token_id,
+            base.name,
+            pending=[
+                Pending(
+                    r.request_id,
+                    render_stage_messages(
+                        templates(1.0), r.slots, pending_shots[r.request_id][: cfg.examples_start]
+                    ),
+                    r,
+                )
+                for r in pending
+            ],
+            student_sequences=student_sequences,
+            say=say,
+        )
+        for note in teacher.notes:
+            say(note)
+
     # 6. Plan: time a step of the first and last stages, estimate the rest, fit the budget, say it.
     model = lora_model(base.model, cfg)
     pad_id = base.tokenizer.pad_token_id
@@ -145,8 +209,23 @@ def internalize(
     done = {s.index for s in stages if completed_stage(run_dir, s.index) is not None}
     cost = measure_step_cost(model, stages, stage_data, cfg, pad_id, accelerator.device, done)
     finish_s = estimate_finish_s(base, data, cfg, stage_data[-1])
+    teacher_s = 0.0
+    if teacher is not None and not teacher.distilled <= done:
+        # A no-gradient pass costs about a third of a training step (forward only).
+        teacher_s = (
+            sum(cost([row]) for row in pack(teacher.sequences, row_tokens(teacher.sequences, cfg))) / 3
+        )
     plan = make_plan(
-        stages, stage_data, epochs, cfg, cost, time.perf_counter() - started, finish_s, done, _saved(run_dir)
+        stages,
+        stage_data,
+        epochs,
+        cfg,
+        cost,
+        time.perf_counter() - started,
+        finish_s,
+        done,
+        _saved(run_dir),
+        teacher_s=teacher_s,
     )
     plan.save(run_dir / "plan.json")
     for line in plan.describe():
@@ -163,6 +242,7 @@ def internalize(
         progress=progress,
         accelerator=accelerator,
         epochs=epochs,
+        teacher=teacher,
     )
     lap("train")
     if not accelerator.is_main_process:  # under `accelerate launch`, export and registration happen once
@@ -251,10 +331,28 @@ def internalize(
             "actual": round((time.perf_counter() - started) / 60, 2),
             "budget": cfg.budget_min,
         },
+        distillation=_distillation_summary(teacher),
     )
     say(f"planned {result.minutes['planned']:.1f} min, took {result.minutes['actual']:.1f} min")
     (run_dir / "summary.json").write_text(json.dumps(asdict(result), indent=1))
     return result
+
+
+def _distillation_summary(teacher: Teacher | None) -> dict[str, Any]:
+    if teacher is None:
+        return {}
+    manifest = teacher.cache.manifest if teacher.cache is not None else {}
+    return {
+        "teacher": teacher.source,
+        "identity": manifest.get("teacher"),
+        "alpha": teacher.cfg.distill_alpha,
+        "k": manifest.get("k_used"),
+        "temperature": teacher.cfg.distill_temperature,
+        "distilled_stages": sorted(teacher.distilled),
+        "teacher_passes": teacher.passes,
+        "written_answers": len(teacher.written),
+        "notes": teacher.notes,
+    }
 
 
 def _saved(run_dir: Path) -> dict[int, int] | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -102,6 +103,7 @@ class Batch:
     offset: torch.Tensor  # per target: its position within its sequence's input_ids
     keys: list[str]  # the step's sequences' keys
     n_tokens: int  # tokens that are not padding
+    teacher: Any = None  # internalizer.train.TeacherTokens, set when the stage distils a teacher
 
     def to(self, device: torch.device) -> Batch:
         moved = {k: v.to(device) for k, v in self.inputs.items()}
@@ -113,6 +115,7 @@ class Batch:
             self.offset.to(device),
             self.keys,
             self.n_tokens,
+            self.teacher.to(device) if self.teacher is not None else None,
         )
 
 

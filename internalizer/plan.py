@@ -115,10 +115,11 @@ class Plan:
     finish_s: float  # export and evaluation (an estimate)
     budget_s: float = 0.0  # 0 = none
     fitted: bool = False  # template stages were given fewer records to fit the budget
+    teacher_s: float = 0.0  # the distillation teacher's pass over the whole prompts (an estimate)
 
     @property
     def training_s(self) -> float:
-        return sum(s.expected_s for s in self.stages if not s.done)
+        return sum(s.expected_s for s in self.stages if not s.done) + self.teacher_s
 
     @property
     def total_s(self) -> float:
@@ -134,7 +135,8 @@ class Plan:
             f"(setup {self.setup_s / 60:.1f}, training {self.training_s / 60:.1f}, "
             f"export and evaluation ~{self.finish_s / 60:.1f}){budget}"
         )
-        return [head] + ["  " + s.describe() for s in self.stages]
+        teacher = [f"  teacher pass (distillation): ~{self.teacher_s / 60:.1f} min"] if self.teacher_s else []
+        return [head] + ["  " + s.describe() for s in self.stages] + teacher
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self) | {"training_s": round(self.training_s, 1), "total_s": round(self.total_s, 1)}
@@ -187,6 +189,7 @@ def make_plan(
     finish_s: float,
     done: set[int] = frozenset(),  # type: ignore[assignment]
     saved: dict[int, int] | None = None,
+    teacher_s: float = 0.0,
 ) -> Plan:
     """Every record in every stage; with `cfg.budget_min`, the largest template-stage share that fits.
 
@@ -203,7 +206,14 @@ def make_plan(
                 n = max(min(n, cfg.batch_size), round(share * n))
             planned.append(plan_stage(stage, sequences, n, epochs_, cfg, cost, stage.index in done))
         fitted = any(p.records < p.available for p in planned if not p.query_only)
-        return Plan(planned, round(setup_s, 1), round(finish_s, 1), budget_s, fitted=fitted)
+        return Plan(
+            planned,
+            round(setup_s, 1),
+            round(finish_s, 1),
+            budget_s,
+            fitted=fitted,
+            teacher_s=round(teacher_s, 1),
+        )
 
     full = plan_for(1.0)
     if saved or not budget_s or full.total_s <= budget_s:

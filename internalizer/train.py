@@ -6,7 +6,9 @@ template costs its length once per row. A step's rows go through the model one a
 so memory follows the widest row, and a row wider than `checkpoint_tokens` recomputes its activations in
 the backward pass instead of keeping them. The loss is on answer tokens only, and logits are computed
 only at the positions that predict one (`answer_logits`, `training_loss`: the one place a per-token loss
-term can be added). Runs as is on the CPU, on one GPU, and under `accelerate launch` on several.
+term is defined). A stage may also distil a teacher that saw the whole prompt: its cached top-K
+log-probabilities at each answer token (`TeacherTokens`) add a KL term to the cross-entropy. Runs as is on
+the CPU, on one GPU, and under `accelerate launch` on several.
 """
 
 from __future__ import annotations
@@ -35,15 +37,66 @@ class TrainingError(RuntimeError):
     pass
 
 
+@dataclass
+class TeacherTokens:
+    """A teacher's distribution at each answer token of a batch (in the batch's target order): its K most
+    likely tokens, their log-probabilities and the log of the mass left outside them, at temperature T."""
+
+    ids: torch.Tensor  # (answer tokens, K) long
+    logprobs: torch.Tensor  # (answer tokens, K) float
+    rest: torch.Tensor  # (answer tokens,) float
+    present: torch.Tensor  # (answer tokens,) bool: False where the record has no teacher entry
+
+    def to(self, device: torch.device) -> TeacherTokens:
+        return TeacherTokens(*(t.to(device) for t in (self.ids, self.logprobs, self.rest, self.present)))
+
+
+@dataclass
+class Objective:
+    """What a stage's answer tokens are trained on: cross-entropy alone (alpha = 1, no teacher), or
+    alpha * cross-entropy + (1 - alpha) * T^2 * KL(teacher || student)."""
+
+    alpha: float = 1.0
+    temperature: float = 1.0
+    teacher: Any = None  # gives a batch its TeacherTokens: `teacher.tokens(batch)` (internalizer.distill)
+
+    @property
+    def distils(self) -> bool:
+        return self.teacher is not None and self.alpha < 1.0
+
+
 def answer_logits(model: Any, batch: Batch) -> torch.Tensor:
     """(answer tokens, vocabulary) logits: the language-model head runs only where an answer is predicted."""
     return model(**batch.inputs, logits_to_keep=batch.keep).logits
 
 
-def training_loss(logits: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """The step's loss (mean over answer tokens) and each answer token's cross-entropy."""
+def training_loss(
+    logits: torch.Tensor, batch: Batch, objective: Objective | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The step's loss (mean over answer tokens) and each answer token's loss: its cross-entropy, mixed
+    with the KL to the teacher where the objective distils one and the record has a teacher entry.
+    T^2 keeps the KL's gradients on the cross-entropy's scale whatever the temperature (Hinton et al.)."""
     per_token = F.cross_entropy(logits.float(), batch.targets, reduction="none")
+    if objective is not None and objective.distils and batch.teacher is not None:
+        kl = distillation_kl(logits, batch.teacher, objective.temperature)
+        a, t = objective.alpha, objective.temperature
+        per_token = torch.where(batch.teacher.present, a * per_token + (1 - a) * t * t * kl, per_token)
     return per_token.mean(), per_token
+
+
+def distillation_kl(logits: torch.Tensor, teacher: TeacherTokens, temperature: float) -> torch.Tensor:
+    """KL(teacher || student) per answer token over the teacher's top-K tokens plus one bucket for the
+    rest of the vocabulary. The student's log-softmax is over the whole vocabulary, so the KL is zero only
+    where the student gives each top-K token and the rest together the teacher's probabilities: a
+    proper divergence, zero for the teacher itself, that also pushes mass out of the tail."""
+    student = F.log_softmax(logits.float() / temperature, dim=-1)
+    ids = teacher.ids.clamp(min=0)
+    log_q = torch.cat(
+        [student.gather(1, ids), student.scatter(1, ids, float("-inf")).logsumexp(-1, keepdim=True)], 1
+    )
+    log_p = torch.cat([teacher.logprobs, teacher.rest[:, None]], 1).float()
+    p = log_p.exp()
+    return torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(p)).sum(-1)
 
 
 def attn_implementation(model: Any) -> str:
@@ -80,6 +133,7 @@ class StageResult:
     peak_memory_mb: float
     resumed: bool = False
     n_records: int = 0
+    distilled: bool = False  # trained on the teacher's top-K as well as the answers
 
 
 def _stage_dir(run_dir: Path, stage: int) -> Path:
@@ -134,6 +188,7 @@ def backward_step(
     device: torch.device,
     checkpointing: Checkpointing,
     backward: Any = None,
+    objective: Objective | None = None,
 ) -> tuple[float, int]:
     """Forward and backward, row by row, of one step: gradients of the mean loss over all its answer
     tokens (each row's mean weighted by its share of them). Returns (that loss, tokens)."""
@@ -143,8 +198,10 @@ def backward_step(
     total, tokens = 0.0, 0
     for row, batch in zip(rows, batches, strict=True):
         checkpointing.set_for(row)
+        if objective is not None and objective.distils:
+            batch.teacher = objective.teacher.tokens(batch)
         batch = batch.to(device)
-        loss, _ = training_loss(answer_logits(model, batch), batch)
+        loss, _ = training_loss(answer_logits(model, batch), batch, objective)
         if not torch.isfinite(loss):
             return float(loss.item()), tokens
         share = loss * (len(batch.targets) / n_answer)
@@ -178,17 +235,21 @@ def train_stages(
     progress: bool = True,
     accelerator: Accelerator | None = None,
     epochs: list[float] | None = None,
+    teacher: Any = None,
 ) -> list[StageResult]:
     """Train the LoRA `model` on each stage's sequences in turn; returns one result per stage.
 
     `epochs` gives each stage's epochs; by default the last stage gets `final_stage_epochs`, the others
-    `epochs_per_stage`."""
+    `epochs_per_stage`. `teacher` (internalizer.distill.Teacher) is told when each stage is ready (it
+    caches its outputs once its model is) and gives each stage its objective and any sequences it wrote."""
     accelerator = accelerator or Accelerator()
     if cfg.threads and accelerator.device.type == "cpu":
         torch.set_num_threads(cfg.threads)
     checkpointing = Checkpointing(model, cfg.checkpoint_tokens)
     model = accelerator.prepare(model)
     results: list[StageResult] = []
+    if teacher is not None:
+        teacher.after_stage(0, accelerator.unwrap_model(model), accelerator.device)
     for index, sequences in enumerate(stage_data, start=1):
         # Resume: a finished stage is loaded from its checkpoint, not trained again.
         done = completed_stage(run_dir, index)
@@ -196,7 +257,12 @@ def train_stages(
             weights = load_file(str(_stage_dir(run_dir, index) / "adapter_model.safetensors"))
             set_peft_model_state_dict(accelerator.unwrap_model(model), weights)
             results.append(done)
+            if teacher is not None:
+                teacher.after_stage(index, accelerator.unwrap_model(model), accelerator.device)
             continue
+        objective = teacher.objective(index) if teacher is not None else None
+        if teacher is not None:
+            sequences = sequences + teacher.extra_sequences(index)
         if not sequences:
             raise TrainingError(f"stage {index} has no training sequence")
 
@@ -231,7 +297,7 @@ def train_stages(
             if step % shard != accelerator.process_index and shard > 1:
                 continue  # each process takes every n-th batch; DDP averages the gradients
             loss, step_tokens = backward_step(
-                model, rows, pad_id, accelerator.device, checkpointing, accelerator.backward
+                model, rows, pad_id, accelerator.device, checkpointing, accelerator.backward, objective
             )
             if not math.isfinite(loss):
                 raise TrainingError(f"stage {index} step {step + 1}: the loss is {loss} (lower lr?)")
@@ -257,6 +323,7 @@ def train_stages(
             tokens_per_s=round(tokens * shard / max(seconds, 1e-9), 1),
             peak_memory_mb=round(_peak_memory_mb(accelerator.device), 1),
             n_records=len(sequences),
+            distilled=objective is not None and objective.distils,
         )
         # Checkpoint: adapter + state into a temp dir, renamed whole, so a kill never leaves half a stage.
         accelerator.wait_for_everyone()
@@ -264,6 +331,8 @@ def train_stages(
             save_stage(accelerator.unwrap_model(model), run_dir, result)
         accelerator.wait_for_everyone()
         results.append(result)
+        if teacher is not None:
+            teacher.after_stage(index, accelerator.unwrap_model(model), accelerator.device)
     return results
 
 

@@ -67,6 +67,7 @@ TARGETS = (0.8, 0.9, 0.95)
 LEVEL = 0.95  # one-sided confidence of the bound, as the gate's default
 MIN_COVERAGE = 0.0  # report every threshold found; the gate's activation minimum is a separate setting
 N_FIXED_EXAMPLES = 5
+MIN_CLASS = 10  # agreeing and disagreeing answers a dataset needs for its AUROC to count in the choice
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,15 @@ CONFIGS: dict[str, dict[str, DatasetConfig]] = {
             n_train=240, epochs=3.0, n_cal=200, n_test=200, max_tokens=16, metric="exact"
         ),
         "nl2bash": DatasetConfig(n_train=60, epochs=3.0, n_cal=60, n_test=60, max_tokens=24, metric="bash"),
+    },
+    # For a GPU machine (training on CUDA; llama.cpp on the CPU cores): the sizes a real template has.
+    "full": {
+        "banking77": DatasetConfig(
+            n_train=3000, epochs=3.0, n_cal=400, n_test=500, max_tokens=16, metric="exact"
+        ),
+        "nl2bash": DatasetConfig(
+            n_train=3000, epochs=3.0, n_cal=200, n_test=300, max_tokens=32, metric="bash"
+        ),
     },
     "quick": {
         "banking77": DatasetConfig(
@@ -208,21 +218,24 @@ def judge(
     local_all = 1000 * sum(loc for _, _, loc, _ in test) / n
     served = [chosen is not None and c is not None and c >= chosen.threshold for c, *_ in test]
     routed = [t for t, local in zip(test, served, strict=True) if local]
-    escalated = n - len(routed)
-    # Every request is answered locally first; the escalated ones then pay the upstream too.
+    # With a threshold, every request is answered locally first and the escalated ones then pay the
+    # upstream too; without one the gate does not activate the model and everything goes upstream.
+    escalated = n - len(routed) if chosen is not None else 0
     escalated_upstream = sum(u for (*_, u), local in zip(test, served, strict=True) if not local)
-    selective_per_1k = local_all + 1000 * escalated_upstream / n
+    selective_per_1k = local_all + 1000 * escalated_upstream / n if chosen is not None else upstream_per_1k
     whole_mean = sum(a for _, a in cal) / len(cal)
     whole_passes = wilson_bounds(whole_mean, len(cal), z)[0] >= target
     return {
         "target": target,
+        "activated": chosen is not None,
         "threshold": chosen.threshold if chosen else None,
         "calibration_coverage": chosen.coverage if chosen else 0.0,
         "calibration_lower_bound": chosen.lower_bound if chosen else None,
         "coverage": len(routed) / n,
         "routed_agreement": sum(a for _, a, _, _ in routed) / len(routed) if routed else None,
         "escalation_rate": escalated / n,
-        "agreement_served": (sum(a for _, a, _, _ in routed) + escalated) / n,  # escalated = upstream's own
+        "agreement_served": (sum(a for _, a, _, _ in routed) + n - len(routed))
+        / n,  # upstream agrees with itself
         "cost_per_1k": selective_per_1k,
         "saving_vs_cached_pct": 100 * (1 - selective_per_1k / upstream_per_1k),
         "all_or_nothing": {
@@ -246,6 +259,7 @@ def _both_bases(cal, tests, target: float, z: float) -> dict[str, Any]:
 
 
 def run_dataset(name: str, cfg: DatasetConfig, work_dir: Path, budget_s: float, say) -> dict[str, Any]:
+    """Train (or reuse) the model, answer both dev slices, record every answer: `analyse` does the rest."""
     started = time.perf_counter()
     app = load_app(name)
     dev = split(app.dev, cfg.n_cal + cfg.n_test, seed=1)
@@ -253,41 +267,64 @@ def run_dataset(name: str, cfg: DatasetConfig, work_dir: Path, budget_s: float, 
     say(f"{name}: {cfg.n_train} training requests, {len(cal_records)} calibration + {len(test_records)} test")
     gguf, trained, tokenizer = train_model(app, cfg, work_dir, budget_s, say)
     prices = load_price_model("gpt-4o-mini", local_per_hour=0.10)
+    up_costs, prefix_tokens, full_tokens = upstream_cost(app, dev, tokenizer, prices)
     say(f"{name}: answering {len(dev)} dev requests with token log-probabilities")
-    cal_answers = scored_slice(gguf, cal_records, cfg.max_tokens)
-    test_answers = scored_slice(gguf, test_records, cfg.max_tokens)
+    answers = scored_slice(gguf, dev, cfg.max_tokens)
+    items = [
+        {
+            "slice": "calibration" if index < cfg.n_cal else "test",
+            "query": record.query,
+            "reference": record.target,
+            "answer": answer.text,
+            "agreement": item_agreement(cfg.metric, answer.text, record.target),
+            "confidence": {signal: confidence(answer.token_logprobs, signal) for signal in SIGNALS},
+            "tokens": len(answer.token_logprobs),
+            "wall_s": answer.seconds,
+            "cpu_s": answer.cpu_seconds,
+            "upstream_usd": cost,
+        }
+        for index, (record, answer, cost) in enumerate(zip(dev, answers, up_costs, strict=True))
+    ]
+    return {
+        "dataset": name,
+        "config": cfg.__dict__,
+        "trained": trained,
+        "full_prompt_tokens_mean": full_tokens,
+        "cached_prefix_tokens": prefix_tokens,
+        "local_per_hour": prices.local_per_hour,
+        "items": items,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def analyse(ds: dict[str, Any]) -> dict[str, Any]:
+    """Every figure of one dataset from its recorded answers (so the tables can be redone from the JSON)."""
     z = z_for(LEVEL)
-
-    def agreements(answers, records):
-        return [item_agreement(cfg.metric, a.text, r.target) for a, r in zip(answers, records, strict=True)]
-
-    cal_agree, test_agree = agreements(cal_answers, cal_records), agreements(test_answers, test_records)
-    up_costs, prefix_tokens, full_tokens = upstream_cost(app, test_records, tokenizer, prices)
+    cal = [i for i in ds["items"] if i["slice"] == "calibration"]
+    test = [i for i in ds["items"] if i["slice"] == "test"]
+    n = len(test)
     # Local compute priced two ways: the wall time each answer took (the gateway's own rule: the worker was
     # busy that long), and the CPU time it used (a share of the machine; other work on this shared machine
     # stretches wall time without using this request's CPU).
+    per_s = ds["local_per_hour"] / 3600
     cores = os.cpu_count() or 1
-    local_costs = (
-        [a.seconds * prices.local_per_hour / 3600 for a in test_answers],
-        [a.cpu_seconds * prices.local_per_hour / 3600 / cores for a in test_answers],
-    )
+    local_costs = ([i["wall_s"] * per_s for i in test], [i["cpu_s"] * per_s / cores for i in test])
+    up_costs = [i["upstream_usd"] for i in test]
+    test_agree = [i["agreement"] for i in test]
     signals: dict[str, Any] = {}
     for signal in SIGNALS:
-        cal_conf = [confidence(a.token_logprobs, signal) for a in cal_answers]
-        test_conf = [confidence(a.token_logprobs, signal) for a in test_answers]
-        scores = [-math.inf if c is None else c for c in test_conf]
+        cal_conf = [i["confidence"][signal] for i in cal]
+        test_conf = [i["confidence"][signal] for i in test]
         test_curve = coverage_curve(
-            [(c, a) for c, a in zip(test_conf, test_agree, strict=True) if c is not None], z, len(test_conf)
+            [(c, a) for c, a in zip(test_conf, test_agree, strict=True) if c is not None], z, n
         )
         signals[signal] = {
-            "auroc_test": auroc(scores, [a >= 1.0 for a in test_agree]),
-            "auroc_calibration": auroc(
-                [-math.inf if c is None else c for c in cal_conf], [a >= 1.0 for a in cal_agree]
-            ),
+            "auroc_test": _auroc(test_conf, test_agree),
+            "auroc_calibration": _auroc(cal_conf, [i["agreement"] for i in cal]),
             "test_curve": [_point(p) for p in test_curve],
             "targets": [
                 _both_bases(
-                    list(zip(cal_conf, cal_agree, strict=True)),
+                    list(zip(cal_conf, [i["agreement"] for i in cal], strict=True)),
                     [list(zip(test_conf, test_agree, costs, up_costs, strict=True)) for costs in local_costs],
                     target,
                     z,
@@ -295,33 +332,22 @@ def run_dataset(name: str, cfg: DatasetConfig, work_dir: Path, budget_s: float, 
                 for target in TARGETS
             ],
         }
-    n = len(test_records)
     return {
-        "dataset": name,
-        "config": cfg.__dict__,
-        "trained": trained,
         "overall_agreement_test": sum(test_agree) / n,
-        "overall_agreement_calibration": sum(cal_agree) / len(cal_agree),
-        "full_prompt_tokens_mean": full_tokens,
-        "cached_prefix_tokens": prefix_tokens,
+        "overall_agreement_calibration": sum(i["agreement"] for i in cal) / len(cal),
         "upstream_cached_per_1k": 1000 * sum(up_costs) / n,
         "local_per_1k": 1000 * sum(local_costs[0]) / n,
         "local_per_1k_cpu_time": 1000 * sum(local_costs[1]) / n,
-        "local_seconds_mean": sum(a.seconds for a in test_answers) / n,
-        "local_cpu_seconds_mean": sum(a.cpu_seconds for a in test_answers) / n,
-        "mean_answer_tokens": sum(len(a.token_logprobs) for a in test_answers) / n,
+        "local_seconds_mean": sum(i["wall_s"] for i in test) / n,
+        "local_cpu_seconds_mean": sum(i["cpu_s"] for i in test) / n,
+        "mean_answer_tokens": sum(i["tokens"] for i in test) / n,
         "signals": signals,
-        "examples": [
-            {
-                "query": r.query,
-                "reference": r.target,
-                "answer": a.text,
-                "mean_logprob": confidence(a.token_logprobs, "mean"),
-            }
-            for r, a in list(zip(test_records, test_answers, strict=True))[:5]
-        ],
-        "seconds": round(time.perf_counter() - started, 1),
     }
+
+
+def _auroc(confidences: list[float | None], agreements: list[float]) -> float | None:
+    scores = [-math.inf if c is None else c for c in confidences]
+    return auroc(scores, [a >= 1.0 for a in agreements])
 
 
 def _point(point: CurvePoint) -> dict[str, float]:
@@ -389,12 +415,16 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         "",
         "## Which confidence signal (AUROC for telling agreeing answers apart, test slice)",
         "",
-        "| dataset | overall agreement | " + " | ".join(SIGNALS) + " |",
-        "|---|---:|" + "---:|" * len(SIGNALS),
+        "| dataset | overall agreement | agreeing / test answers | " + " | ".join(SIGNALS) + " |",
+        "|---|---:|---:|" + "---:|" * len(SIGNALS),
     ]
     for ds in results["datasets"]:
         aurocs = " | ".join(_fmt(ds["signals"][s]["auroc_test"], 3) for s in SIGNALS)
-        lines.append(f"| {ds['dataset']} | {ds['overall_agreement_test']:.3f} | {aurocs} |")
+        n = ds["config"]["n_test"]
+        agreeing = round(ds["overall_agreement_test"] * n)
+        lines.append(
+            f"| {ds['dataset']} | {ds['overall_agreement_test']:.3f} | {agreeing} / {n} | {aurocs} |"
+        )
     lines += ["", f"Chosen signal: **{results['chosen_signal']}** ({results['signal_reason']}).", ""]
     signal = results["chosen_signal"]
     lines += [
@@ -497,7 +527,10 @@ def write_plot(results: dict[str, Any], path: Path) -> None:
                     label="all-or-nothing")  # fmt: skip
         cost_ax.axhline(ds["upstream_cached_per_1k"], color="black", ls="--", label="upstream, prefix cached")
         cost_ax.set_xticks(list(x), [f"target {t['target']}" for t in targets])
-        cost_ax.set(ylabel="dollars per 1,000 requests", title=f"{ds['dataset']}: cost")
+        cost_ax.set(
+            ylabel="dollars per 1,000 requests",
+            title=f"{ds['dataset']}: cost (local compute at wall time; no threshold = not activated)",
+        )
         cost_ax.legend(fontsize="small")
     figure.savefig(path)
 
@@ -530,12 +563,18 @@ def main() -> None:
     parser.add_argument(
         "--budget-min", type=float, default=30.0, help="training that would not fit is skipped"
     )
+    parser.add_argument(
+        "--report-only", action="store_true", help="rewrite the markdown and plot from the JSON, run nothing"
+    )
     args = parser.parse_args()
+    stem = "selective" if args.config == "cpu" else f"selective_{args.config}"
+    if args.report_only:
+        write_outputs(json.loads((RESULTS_DIR / f"{stem}.json").read_text()), stem)
+        return
     started = time.perf_counter()
     command = "python -m benchmarks.selective " + shlex.join(sys.argv[1:])
     print(command, flush=True)
     names = ["banking77", "nl2bash"] if args.dataset == "all" else [args.dataset]
-    stem = "selective" if args.config == "cpu" else f"selective_{args.config}"
     path = RESULTS_DIR / f"{stem}.json"
     previous = json.loads(path.read_text()) if path.is_file() else {}
     # A run of one dataset keeps the other's results from an earlier run of the same config.
@@ -555,11 +594,6 @@ def main() -> None:
         result |= {"command": command, "load_average": [load_start, os.getloadavg()[0]]}
         datasets.append(result)
     datasets.sort(key=lambda ds: ["banking77", "nl2bash"].index(ds["dataset"]))
-    mean_auroc = {
-        s: sum(ds["signals"][s]["auroc_test"] or 0 for ds in datasets) / max(1, len(datasets))
-        for s in SIGNALS
-    }
-    chosen = max(SIGNALS, key=lambda s: mean_auroc[s])
     results = {
         "config": args.config,
         "updated_utc": datetime.now(UTC).isoformat(),
@@ -567,15 +601,48 @@ def main() -> None:
         "level": LEVEL,
         "targets": TARGETS,
         "datasets": datasets,
-        "mean_auroc": mean_auroc,
-        "chosen_signal": chosen,
-        "signal_reason": "highest mean AUROC over the datasets: "
-        + ", ".join(f"{s} {v:.3f}" for s, v in mean_auroc.items()),
         "threshold_rules": threshold_rules(),
     }
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=1))  # the answers first: `--report-only` can redo the rest
+    write_outputs(results, stem)
+
+
+def choose_signal(datasets: list[dict[str, Any]]) -> tuple[str, str]:
+    """The signal with the highest AUROC (calibration and test slices averaged), over the datasets with
+    at least MIN_CLASS agreeing and MIN_CLASS disagreeing test answers (an AUROC over a handful of agreeing
+    answers says little); all datasets when none qualifies."""
+
+    def qualifies(ds: dict[str, Any]) -> bool:
+        agreeing = ds["overall_agreement_test"] * ds["config"]["n_test"]
+        return MIN_CLASS <= agreeing <= ds["config"]["n_test"] - MIN_CLASS
+
+    counted = [ds for ds in datasets if qualifies(ds)] or datasets
+    score = {
+        s: sum(
+            ((ds["signals"][s]["auroc_test"] or 0) + (ds["signals"][s]["auroc_calibration"] or 0)) / 2
+            for ds in counted
+        )
+        / max(1, len(counted))
+        for s in SIGNALS
+    }
+    chosen = max(SIGNALS, key=lambda s: score[s])
+    names = ", ".join(ds["dataset"] for ds in counted)
+    figures = ", ".join(f"{s} {v:.3f}" for s, v in score.items())
+    reason = f"highest AUROC, calibration and test slices averaged, over {names}: {figures}"
+    return chosen, reason
+
+
+def write_outputs(results: dict[str, Any], stem: str) -> None:
+    """Signal choice, target check, then the JSON, the markdown table and the plot."""
+    datasets = results["datasets"]
+    for ds in datasets:
+        ds |= analyse(ds)
+    chosen, reason = choose_signal(datasets) if datasets else (SIGNALS[0], "no dataset ran")
+    results |= {"chosen_signal": chosen, "signal_reason": reason}
     results["target_check"] = check_target(datasets, chosen)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=1))
+    (RESULTS_DIR / f"{stem}.json").write_text(json.dumps(results, indent=1))
     write_markdown(results, RESULTS_DIR / f"{stem}.md")
     if datasets:
         write_plot(results, RESULTS_DIR / f"{stem}.png")

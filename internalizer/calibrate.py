@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.local.confidence import SIGNALS, LogprobRecorder, confidence
+from gateway.local.confidence import DEFAULT_SIGNAL, SIGNALS, LogprobRecorder, confidence
 from gateway.routing.selective import LIVE_METRICS, answer_agreement, choose_threshold, coverage_curve, z_for
 from internalizer.evaluate import TASK_METRICS
 
@@ -95,7 +95,7 @@ def calibrate(
     references: Sequence[str],
     *,
     metric: str = "exact",
-    signal: str = "mean",
+    signal: str = DEFAULT_SIGNAL,
     target: float = 0.9,
     level: float = 0.95,
     min_coverage: float = 0.1,

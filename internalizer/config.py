@@ -97,7 +97,7 @@ class InternalizeConfig:
     # threshold routes at least `route_min_coverage` of the held-out requests.
     route_target: float = 0.9
     route_metric: str = "exact"  # exact | chrf | a task metric name (e.g. bash)
-    route_signal: str = "mean"  # mean | min | sum token log-probability (gateway/local/confidence.py)
+    route_signal: str = "sum"  # sum | mean | min token log-probability (gateway/local/confidence.py)
     route_level: float = 0.95
     route_min_coverage: float = 0.1
     # Per-template overrides of any key above, by template id (or a prefix of it), e.g. a stricter target

@@ -5,8 +5,10 @@ whatever temperature sampled the answer):
 - `sum`: the log-probability of the whole answer (its sequence probability), which falls with length;
 - `mean`: the mean token log-probability (length-normalised);
 - `min`: the least likely token, the one place the model hesitated most.
-Which one routes best was measured (benchmarks/selective.py, README); the choice is stored with each
-model's calibration, so the gateway always scores an answer the way its threshold was calibrated.
+Which one routes best was measured (benchmarks/selective.py, README): `sum` told agreeing answers from the
+others best (AUROC 0.83 on Banking77 against 0.79 for `min` and 0.75 for `mean`), so it is the default;
+the choice is stored with each model's calibration, so the gateway always scores an answer the way its
+threshold was calibrated.
 
 The tokens counted are the answer's generated tokens up to, not including, the token that ended it (the
 end-of-text token or the last token of a stop string): llama.cpp in process (`LogprobRecorder`) and a
@@ -22,7 +24,7 @@ from typing import Any
 import numpy as np
 
 SIGNALS = ("mean", "min", "sum")
-DEFAULT_SIGNAL = "mean"  # the signal calibrations use unless configured otherwise (see the module doc)
+DEFAULT_SIGNAL = "sum"  # the signal calibrations use unless configured otherwise (see the module doc)
 
 
 def confidence(token_logprobs: Sequence[float] | None, signal: str) -> float | None:

@@ -1,16 +1,18 @@
-"""Turn one group of same-structure requests into a template: static spans, slots, example pools.
+"""Turn one group of requests into a template: static lines, regions that vary, slots and example pools.
 
-Mining has already cut every message into runs that line up across the group (same role skeleton, same
-recurring lines in the same order): a recurring line (static), a variable run (the text between recurring
-lines), an inline examples region. Here each variable run is aligned across the group: the longest common
-prefix and suffix (snapped to word boundaries) are static, what is left is a slot. A run that is the same
-in every request is static. Slots get names; the main one is "query".
+The group shares a role skeleton. In each message, the units (lines, or sentences of a one-line message) found
+exactly once in every request of the group, always in the same order, are the template's static lines: its
+anchors. The text between two anchors is a region. Across the group a region is either the same everywhere
+(static), a run of example blocks drawn from a pool followed by a tail (mine_blocks), or text that varies,
+aligned into static prefix, slot(s) and static suffix. Nothing here reads markers to decide.
+
+A region whose values repeat as wholes (two wordings of the instructions), or whose varying values share a
+recurring line, is not a slot: the group mixes templates, and the outcome names a unit to split it on.
 """
 
 from __future__ import annotations
 
 import itertools
-import os
 import re
 from collections import Counter
 from collections.abc import Iterator
@@ -18,7 +20,6 @@ from dataclasses import dataclass, field
 
 from gateway.matcher import (
     QUERY_SLOT,
-    Examples,
     MessageSpec,
     Part,
     Slot,
@@ -28,15 +29,11 @@ from gateway.matcher import (
     turn_raw,
 )
 from gateway.request_shape import TURNS_ROLE
-from internalizer.mine_blocks import MARKER, ExampleRegion
+from internalizer.mine_blocks import RunFound, find_run, fixed_run
+from internalizer.mine_text import Units, align_slots, eligible
 
-LABEL_TAIL = re.compile(r"[:>] ((?:[A-Za-z0-9'-]+ ){1,4})$")
 QUERY_LABELS = {"question", "query", "q", "input", "request", "task", "user", "instruction", "prompt", "text"}
-QUERY_END = re.compile(r"[.?!]+\n")  # the queries' own final punctuation before the next line
-
-# A run kind, with its per-request payload: "K" a recurring line (str), "V" variable text (str),
-# "E" an inline examples region (ExampleRegion).
-Run = tuple[str, object]
+_PARTS = Template("", [])  # matches static/slot parts the way the gateway will
 
 
 @dataclass
@@ -47,10 +44,10 @@ class ExampleInfo:
 
 
 @dataclass
-class AlignedRequest:
-    """One request cut into runs: one list of runs per message, None for the few-shot turns run."""
+class GroupRequest:
+    """One request cut for mining: its units per skeleton element (None for the few-shot turns run)."""
 
-    elements: list[list[Run] | None]
+    elements: list[Units | None]
     pairs: list[tuple[str, str]]
 
 
@@ -62,23 +59,51 @@ class MinedTemplate:
 
 @dataclass(frozen=True)
 class AlignConfig:
+    min_support: int = 5  # requests that make a value or a line recur
     min_static_chars: int = 20  # non-blank characters of static text a template needs
-    # Few-shot turns: share of their uses that must be of turns seen twice or more. Inline blocks have
-    # example markers to go by; bare user/assistant turns could as well be a conversation's history.
-    min_example_reuse: float = 0.5
+    # Few-shot turns: share of their uses that must be of turns seen twice or more. Bare user/assistant turns
+    # that never recur are a conversation's history, not examples drawn from a pool.
+    min_example_reuse: float = 0.25
 
 
-def align_group(
-    skeleton: tuple[str, ...], group: list[AlignedRequest], config: AlignConfig
-) -> MinedTemplate | None:
-    """The template shared by every request of the group, or None when the group is not one."""
+@dataclass
+class Outcome:
+    """What a group gave: a template, or a unit to split the group on (None: split on its commonest unit)."""
+
+    template: MinedTemplate | None = None
+    hint: tuple[int, str] | None = None  # (skeleton element, unit)
+    anchors: set[tuple[int, str]] = field(default_factory=set)
+    pool_units: set[tuple[int, str]] = field(default_factory=set)  # lines of pool blocks: never group keys
+
+
+@dataclass
+class _Region:
+    parts: list[Part]
+    blocks: dict[str, ExampleInfo] = field(default_factory=dict)  # raw -> example
+    pool_lines: set[str] = field(default_factory=set)
+
+
+class _Split(Exception):
+    def __init__(self, unit: str | None) -> None:
+        self.unit = unit
+
+
+def align_group(skeleton: tuple[str, ...], group: list[GroupRequest], config: AlignConfig) -> Outcome:
+    """The template shared by every request of the group, or where to split the group."""
+    outcome = Outcome()
+    n = len(group)
+    texts = [Counter(r.elements[e] for r in group) for e in range(len(skeleton))]
+    anchors = [[] if role == TURNS_ROLE else _anchors(texts[e], n) for e, role in enumerate(skeleton)]
+    outcome.anchors = {(e, a) for e, found in enumerate(anchors) for a in found}
+    if not any(eligible(a) for _, a in outcome.anchors):
+        return outcome  # nothing static in common: a mix of templates
+    slot_numbers = itertools.count()
     examples: dict[str, ExampleInfo] = {}
-    turn_uses: Counter[str] = Counter()
-    specs: list[MessageSpec] = []
-    slot_numbers = itertools.count()  # provisional slot names, until _name_slots names them
     inline_pool: dict[str, str] = {}
     turn_pool: dict[tuple[str, str], str] = {}
-    for position, role in enumerate(skeleton):
+    turn_uses: Counter[str] = Counter()
+    specs: list[MessageSpec] = []
+    for e, role in enumerate(skeleton):
         if role == TURNS_ROLE:
             for request in group:
                 for user, assistant in request.pairs:
@@ -90,93 +115,173 @@ def align_group(
             specs.append(MessageSpec(TURNS_ROLE))
             continue
         parts: list[Part] = []
-        runs = [request.elements[position] or [] for request in group]
-        block_start = ""
-        for index, (kind, first) in enumerate(runs[0]):
-            if kind == "K":
-                parts.append(first)  # type: ignore[arg-type]
-            elif kind == "E":
-                regions: list[ExampleRegion] = [r[index][1] for r in runs]  # type: ignore[misc]
-                seps = Counter(sep for region in regions for sep in region.seps)
-                parts.append(Examples(seps.most_common(1)[0][0] if seps else "\n\n"))
-                for region in regions:
-                    for block in region.blocks:
-                        digest = example_hash(block.raw)
-                        inline_pool[block.raw] = digest
-                        examples[digest] = ExampleInfo(block.input, block.output, block.raw)
-                first_line = regions[0].blocks[0].raw.split("\n", 1)[0]
-                found = MARKER.match(first_line)
-                block_start = first_line[: found.end()] if found else ""
-            else:
-                parts += _align_values([r[index][1] for r in runs], slot_numbers)  # type: ignore[misc]
-        if block_start:  # a slot must not swallow an example block the pool does not know
-            parts = [
-                Slot(p.name, p.multiline, ("\n" + block_start,)) if isinstance(p, Slot) and p.multiline else p
-                for p in parts
-            ]
-        specs.append(MessageSpec(role, tuple(_merge_static(parts))))
+        for j, region in enumerate(_regions(texts[e], anchors[e])):
+            try:
+                found = _region(region, slot_numbers, config)
+            except _Split as split:
+                outcome.hint = (e, split.unit) if split.unit else None
+                return outcome
+            parts += found.parts
+            for raw, info in found.blocks.items():
+                digest = example_hash(raw)
+                inline_pool[raw] = digest
+                examples[digest] = info
+            outcome.pool_units |= {(e, line) for line in found.pool_lines}
+            if j < len(anchors[e]):
+                parts.append(anchors[e][j])
+        parts = _with_fixed_examples(_merge_static(parts), inline_pool, examples)
+        specs.append(MessageSpec(role, tuple(parts)))
     if not _valid(specs, turn_uses, config):
-        return None
+        return outcome
     specs = _name_slots(specs)
     template = Template(template_id(specs), specs, _name(specs), inline_pool, turn_pool)
-    return MinedTemplate(template, examples)
+    outcome.template = MinedTemplate(template, examples)
+    return outcome
 
 
-def _align_values(values: list[str], slot_numbers: Iterator[int]) -> list[Part]:
-    """Static prefix, slot, static suffix of one variable run (only static if it never varies)."""
-    if all(v == values[0] for v in values):
-        return [values[0]]
-    prefix = _trim_label_tail(_snap_prefix(os.path.commonprefix(values), values))
-    rests = [v[len(prefix) :] for v in values]
-    reversed_suffix = os.path.commonprefix([r[::-1] for r in rests])
-    suffix = _snap_suffix(reversed_suffix[::-1], rests)
-    suffix = suffix.lstrip(".?!") if QUERY_END.match(suffix) else suffix
-    cores = [r[: len(r) - len(suffix)] for r in rests]
-    label = _inner_label(cores)
-    if label is not None:  # `{context}\nQuestion: {query}`: two slots around a label every value has once
-        cuts = [c.index(label) for c in cores]
-        left = _align_values([c[:cut] for c, cut in zip(cores, cuts, strict=True)], slot_numbers)
-        right = [c[cut + len(label) :] for c, cut in zip(cores, cuts, strict=True)]
-        return [prefix, *left, label, *_align_values(right, slot_numbers), suffix]
-    return [prefix, Slot(f"slot#{next(slot_numbers)}", multiline=any("\n" in c for c in cores)), suffix]
+# ---- anchors and regions ------------------------------------------------------------------------------
 
 
-def _inner_label(values: list[str]) -> str | None:
-    """A line-start label (`\nQuestion: `) found exactly once in every value, not at its very start."""
-    for line in min(values, key=len).split("\n")[1:]:
-        found = MARKER.match(line)
-        if found is None or not found["label"]:
+def _anchors(texts: Counter[Units | None], n: int) -> list[str]:
+    """Units found exactly once in every request, at the same rank among such units in every request."""
+    once: Counter[str] = Counter()
+    for units, weight in texts.items():
+        for unit, k in Counter(units).items():
+            if k == 1 and unit.strip():
+                once[unit] += weight
+    candidates = {unit for unit, k in once.items() if k == n}
+    if not candidates:
+        return []
+    rank: dict[str, int] = {}
+    unstable: set[str] = set()
+    for units in texts:
+        r = 0
+        for unit in units or ():
+            if unit in candidates:
+                if rank.setdefault(unit, r) != r:
+                    unstable.add(unit)  # example blocks in every request, in varying order
+                r += 1
+    first = next(iter(texts)) or ()
+    return [unit for unit in first if unit in candidates and unit not in unstable]
+
+
+def _regions(texts: Counter[Units | None], anchors: list[str]) -> list[Counter[Units]]:
+    """Per region (before the first anchor, between anchors, after the last): its values and their counts."""
+    regions: list[Counter[Units]] = [Counter() for _ in range(len(anchors) + 1)]
+    for units, weight in texts.items():
+        j, current = 0, []
+        for unit in units or ():
+            if j < len(anchors) and unit == anchors[j]:
+                regions[j][tuple(current)] += weight
+                current, j = [], j + 1
+            else:
+                current.append(unit)
+        regions[j][tuple(current)] += weight
+    return regions
+
+
+def _region(region: Counter[Units], slot_numbers: Iterator[int], config: AlignConfig) -> _Region:
+    values = list(region)
+    weights = [region[v] for v in values]
+    texts = ["".join(v) for v in values]
+    if len(set(texts)) == 1:
+        return _Region([texts[0]])
+    found = find_run(texts, weights)
+    if isinstance(found, str):
+        raise _Split(found)
+    if found is None:
+        _check_varying(values, weights, config.min_support)
+        return _Region(align_slots(texts, slot_numbers))
+    return _run_region(texts, weights, found, slot_numbers, config)
+
+
+def _run_region(
+    texts: list[str], weights: list[int], found: RunFound, slot_numbers: Iterator[int], config: AlignConfig
+) -> _Region:
+    """Leading text, the example run, and the tail (what follows the last block: often the query)."""
+    clean = [
+        (text[run[-1][1] :], w)
+        for text, run, w in zip(texts, found.runs, weights, strict=True)
+        if run and run[-1][0] in found.known
+    ]
+    if not clean:
+        raise _Split(None)
+    tails = Counter()
+    for tail, w in clean:
+        tails[tail] += w
+    _check_varying([_lines(t) for t in tails], list(tails.values()), config.min_support)
+    tail_parts = _guarded(align_slots(list(tails), slot_numbers), found, list(tails))
+    blocks: dict[str, ExampleInfo] = {}
+    for text, run in zip(texts, found.runs, strict=True):
+        for n in range(len(run or ()), 0, -1):
+            if _PARTS._match_parts(tuple(tail_parts), text[run[n - 1][1] :], {}, []):  # type: ignore[index]
+                for block, _ in run[:n]:  # type: ignore[index]
+                    blocks[block] = ExampleInfo(*found.frame.input_output(block), block)
+                break
+    pool_lines = {line + end for block in found.known for line in block.split("\n") for end in ("\n", "")}
+    return _Region([found.leading, found.examples, *tail_parts], blocks, pool_lines)
+
+
+def _guarded(parts: list[Part], found: RunFound, tails: list[str]) -> list[Part]:
+    """Multi-line slots after a run may not hold the start of another block, so that a request carrying a
+    block the pool does not know is not matched with that block swallowed into its query."""
+    starts = [found.frame.lines[0][0] if found.frame.lines else "", found.frame.first_prefix]
+    forbid = tuple({"\n" + s for s in starts if len(s.strip()) >= 2} | {found.examples.sep} - {""})
+    forbid = tuple(f for f in forbid if f.strip())
+    if not forbid:
+        return parts
+    guarded = [Slot(p.name, p.multiline, forbid) if isinstance(p, Slot) and p.multiline else p for p in parts]
+    if all(_PARTS._match_parts(tuple(guarded), tail, {}, []) for tail in tails):
+        return guarded
+    return parts
+
+
+def _check_varying(values: list[Units], weights: list[int], min_support: int) -> None:
+    """Raise _Split when text that should vary per request does not: a whole value sent by many requests
+    (another wording of the template) or a line recurring inside values that differ (a template mixed in)."""
+    total = sum(weights)
+    unit_weight: Counter[str] = Counter()
+    unit_values: Counter[str] = Counter()
+    for units, weight in zip(values, weights, strict=True):
+        for unit in set(units):
+            if eligible(unit):
+                unit_weight[unit] += weight
+                unit_values[unit] += 1
+    candidates = [u for u, w in unit_weight.items() if min_support <= w < total]
+    repeated = [(v, w) for v, w in zip(values, weights, strict=True) if w >= min_support]
+    if any("".join(v).strip() for v, _ in repeated) and 2 * sum(w for _, w in repeated) >= total:
+        raise _Split(max(candidates, key=lambda u: (unit_weight[u], u), default=None))
+    inside = [u for u in candidates if unit_values[u] >= 2]
+    if inside:
+        raise _Split(max(inside, key=lambda u: (unit_weight[u], u)))
+
+
+def _lines(text: str) -> Units:
+    lines = text.split("\n")
+    return tuple(line + "\n" for line in lines[:-1]) + ((lines[-1],) if lines[-1] else ())
+
+
+# ---- the template -------------------------------------------------------------------------------------
+
+
+def _with_fixed_examples(
+    parts: list[Part], inline_pool: dict[str, str], examples: dict[str, ExampleInfo]
+) -> list[Part]:
+    """Static text that holds example blocks (the same ones in every request) gets an examples part, so the
+    examples are known as examples (internalization drops them stage by stage), not as instructions."""
+    out: list[Part] = []
+    for part in parts:
+        found = fixed_run(part) if isinstance(part, str) else None
+        if found is None:
+            out.append(part)
             continue
-        label = "\n" + line[: found.end()] + (" " if line[found.end() : found.end() + 1] == " " else "")
-        if all(v.count(label) == 1 for v in values):
-            return label
-    return None
-
-
-def _trim_label_tail(prefix: str) -> str:
-    """`Question: Change the ` -> `Question: `: a few plain words after a label, shared by every value of a
-    small group, are the start of the queries (nl2bash has runs of "Change the ..."), not template text."""
-    found = LABEL_TAIL.search(prefix)
-    return prefix[: found.start(1)] if found else prefix
-
-
-def _snap_prefix(prefix: str, values: list[str]) -> str:
-    """Cut a common prefix back to a word boundary when it ends inside a word of some value."""
-    n = len(prefix)
-    if n and prefix[-1].isalnum() and any(len(v) > n and v[n].isalnum() for v in values):
-        while n and prefix[n - 1].isalnum():
-            n -= 1
-    return prefix[:n]
-
-
-def _snap_suffix(suffix: str, values: list[str]) -> str:
-    n = len(suffix)
-    if n and suffix[0].isalnum() and any(len(v) > n and v[len(v) - n - 1].isalnum() for v in values):
-        cut = 0
-        while cut < n and suffix[cut].isalnum():
-            cut += 1
-        return suffix[cut:]
-    return suffix
+        start, end, run, blocks, frame = found
+        for block in blocks:
+            digest = example_hash(block)
+            inline_pool[block] = digest
+            examples[digest] = ExampleInfo(*frame.input_output(block), block)
+        out += [p for p in (part[:start], run, part[end:]) if p != ""]
+    return out
 
 
 def _merge_static(parts: list[Part]) -> list[Part]:

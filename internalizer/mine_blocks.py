@@ -1,156 +1,474 @@
-"""Cut one message into the pieces mining aligns: lines, and regions of inline few-shot example blocks.
+"""Find a run of few-shot example blocks in one region of a group's requests, learned from the requests.
 
-Inline examples are found per message, without looking at other requests: a block is a run of lines that
-starts with a marker line (`Input:`, `Q:`, `<example>`, `### ...`) and repeats the same sequence of markers
-as the blocks around it (`Input:` then `Output:`...). The block whose answer is empty is the query block
-(`Input: {query}\\nOutput:`), not an example. Needs at least two blocks with the same start marker.
+A region is the text between two static lines of a template. It holds an example run when blocks of it recur
+across requests in varying combinations (three distinct recurring blocks and three distinct sequences at
+least): the blocks are drawn from a pool. How the region is cut into blocks is learned, not read from a list
+of markers:
+- lines that come back several times in one request, digits ignored (`<example>`, `### Example`,
+  `Example 3:`, `Output:`), are the frame between blocks;
+- else blank lines separate blocks;
+- else a block starts at every line shaped like the region's first line (`Q: ...`), or each line is a block
+  unless the data glues lines together (a line always followed by the same next line).
+When the text between pieces alternates (`Input:\\n{x}\\nOutput:\\n{y}`), pieces are grouped by that period.
+The text between two blocks is the separator; when it carries the block's number it must count up. A block
+seen once is accepted where it sits between blocks or is shaped like the recurring ones (same line count,
+same start and end of each line).
 """
 
 from __future__ import annotations
 
 import re
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 
-MARKER = re.compile(
-    r"""^[ \t]*(?:
-        <(?P<tag>/?[A-Za-z][\w-]*)[^>\n]*>           # <tag ...> or </tag>
-      | (?P<hashes>\#{1,6})[ \t]                     # markdown heading
-      | \*\*(?P<bold>[^*\n:]{1,40}?):?\*\*:?          # **Label**, **Label:**, **Label**:
-      | (?P<label>[A-Za-z][\w ()/'-]{0,30}?)[ \t]*:(?=[ \t]|$)   # Label:
-    )""",
-    re.X,
-)
-CLOSING_TAG = re.compile(r"</[A-Za-z][\w-]*>\s*$")
-DIGITS = re.compile(r"\d+")
+from gateway.matcher import Examples
+from internalizer.mine_text import DIGITS, frame_prefix, frame_suffix, normalized, shape
+
+MIN_BLOCKS = 3  # distinct recurring blocks (and distinct sequences of them) that make a pool
+TOKENS = re.compile(r"\w+|[^\w]+")
 
 
 @dataclass(frozen=True)
-class Block:
-    raw: str  # exact text, trailing whitespace excluded
-    input: str
-    output: str
+class Frame:
+    """The shape of a pool's blocks: a block seen once is accepted only if it has it."""
+
+    line_counts: frozenset[int]
+    lines: tuple[
+        tuple[str, str, bool], ...
+    ]  # per line of a usual-length block: prefix, suffix, whole line fixed
+    first_prefix: str
+    last_suffix: str
+    middle: str  # text in the middle of every one-line block (`", "output": "`), or ""
+
+    def fits(self, block: str) -> bool:
+        lines = block.split("\n")
+        if len(lines) not in self.line_counts:
+            return False
+        if len(lines) == len(self.lines):
+            return all(_line_fits(line, *spec) for line, spec in zip(lines, self.lines, strict=True))
+        return _line_fits(lines[0], self.first_prefix, "", False) and _line_fits(
+            lines[-1], "", self.last_suffix, False
+        )
+
+    def input_output(self, block: str) -> tuple[str, str]:
+        """The example's input and answer: its varying text without the frame."""
+        lines = block.split("\n")
+        specs = (
+            self.lines if len(lines) == len(self.lines) else ((self.first_prefix, "", False),) * len(lines)
+        )
+        texts = [_strip(line, p, s) for line, (p, s, fixed) in zip(lines, specs, strict=True) if not fixed]
+        if len(texts) == 1:
+            if self.middle and texts[0].count(self.middle) == 1:
+                left, right = texts[0].split(self.middle)
+                return left.strip(), right.strip()
+            return texts[0].strip(), ""
+        return "\n".join(texts[:-1]).strip(), texts[-1].strip() if texts else ""
 
 
-@dataclass(frozen=True)
-class ExampleRegion:
-    start: int  # character offsets in the message text
-    end: int
-    blocks: tuple[Block, ...]
-    seps: tuple[str, ...]  # whitespace between consecutive blocks
+@dataclass
+class RunFound:
+    """An example run: every request's region = leading + blocks joined by the separator + a tail."""
+
+    leading: str
+    examples: Examples
+    frame: Frame
+    known: set[str]
+    # per value: (block, end offset) of each block of its longest run, or None when it has none
+    runs: list[list[tuple[str, int]] | None]
 
 
-def marker(line: str) -> str | None:
-    """The structural label a line starts with ("Input:", "<output>", "#2"), "" for blank, None for text."""
-    if not line.strip():
-        return ""
-    found = MARKER.match(line)
-    if found is None:
+@dataclass
+class _Cut:
+    """One way of cutting the region's values into blocks, and which blocks recur."""
+
+    blocks: list[list[Block]]
+    known: set[str]
+    covered: int  # characters of the values inside recurring blocks: how much the cut explains
+
+
+SAMPLE = 400  # values a way of cutting is judged on
+
+
+def find_run(values: list[str], weights: list[int]) -> RunFound | str | None:
+    """The example run of a region (values: its distinct texts, weights: requests per text).
+
+    None when the region holds no pool of blocks; a line (str) when it looks like a run with a static block
+    in a fixed place that only most requests have: splitting the group on that line separates them.
+    """
+    lines = [_lines(v) for v in values]
+    cutters = _cutters(lines)
+    if not cutters:
         return None
-    if found["tag"]:
-        return f"<{found['tag'].lower()}>"
-    if found["hashes"]:
-        return "#" * len(found["hashes"])
-    label = found["bold"] or found["label"]
-    return DIGITS.sub("#", label.strip().lower()) + ":"
+    if len(cutters) > 1:
+        step = max(1, len(values) // SAMPLE)
+        sample = list(range(0, len(values), step))
+        judged = [_cut([values[i] for i in sample], [lines[i] for i in sample], cut) for cut in cutters]
+        cutters = [max(zip(judged, cutters, strict=True), key=lambda pair: pair[0].covered)[1]]
+    found = _cut(values, lines, cutters[0])
+    blocks, known = found.blocks, found.known
+    sequences = {tuple(t for t, _, _ in b if t in known) for b in blocks}
+    if len(known) < MIN_BLOCKS or len(sequences) < MIN_BLOCKS:
+        return None
+    total = sum(weights)
+    weight: Counter[str] = Counter()
+    places: dict[str, set[int]] = defaultdict(set)
+    for v_blocks, w in zip(blocks, weights, strict=True):
+        for j, (text, _, _) in enumerate(v_blocks):
+            weight[text] += w
+            places[text].add(j)
+    for text in sorted(known, key=lambda t: -weight[t]):
+        if weight[text] * 2 >= total and len(places[text]) == 1:
+            return _first_line(values, text)  # static text in a fixed place, not a block drawn from a pool
+    frame = _frame(sorted(known))
+    examples = _separator(values, blocks, known)
+    if examples is None:
+        return None
+    leadings = Counter(v[: b[0][1]] for v, b in zip(values, blocks, strict=True) if b and b[0][0] in known)
+    leading, n_leading = leadings.most_common(1)[0]
+    if n_leading < 0.9 * sum(leadings.values()):
+        return None
+    runs: list[list[tuple[str, int]] | None] = []
+    for value, v_blocks in zip(values, blocks, strict=True):
+        run: list[tuple[str, int]] = []
+        if v_blocks and v_blocks[0][1] == len(leading) and value.startswith(leading):
+            for j, (text, start, end) in enumerate(v_blocks):
+                if j and value[v_blocks[j - 1][2] : start] != examples.separator(j):
+                    break
+                if text not in known and not frame.fits(text):
+                    break
+                run.append((text, end))
+        runs.append(run or None)
+    return RunFound(leading, examples, frame, known, runs)
 
 
-def find_example_region(text: str) -> ExampleRegion | None:
-    """The first region of example blocks in `text` (see the module doc), or None."""
-    if text.count("\n") < 3:
-        return None  # two blocks of two lines at least
-    lines = text.splitlines(keepends=True)
-    marks = [marker(line) for line in lines]
-    counts = Counter(m for m in marks if m and not m.startswith("</"))
-    tried: set[str] = set()
-    for m in marks:
-        if not m or m in tried or counts[m] < 2 or m.startswith("</"):
+def _cut(values: list[str], lines: list[list[Line]], cutter) -> _Cut:
+    """Blocks of every value under one way of cutting; a block is known when it recurs in two values, and
+    not only as the last block of its value (the query is often shaped like a block), unless every value
+    holds one block."""
+    pieces = [cutter(v_lines) for v_lines in lines]
+    period = _period(values, pieces)
+    blocks = [_blocks(v, p, period) for v, p in zip(values, pieces, strict=True)]
+    count: Counter[str] = Counter()
+    nonfinal: Counter[str] = Counter()
+    for v_blocks in blocks:
+        for j, (text, _, _) in enumerate(v_blocks):
+            count[text] += 1
+            nonfinal[text] += j < len(v_blocks) - 1
+    single = max((len(b) for b in blocks), default=0) == 1
+    known = {t for t, n in count.items() if n >= 2 and (nonfinal[t] or single)}
+    covered = sum(len(t) for b in blocks for t, _, _ in b if t in known)
+    return _Cut(blocks, known, covered)
+
+
+# ---- cutting a region into pieces ---------------------------------------------------------------------
+
+Line = tuple[str, int, int]  # text without newline, start offset, end offset (newline excluded)
+Block = tuple[str, int, int]  # text, start offset, end offset
+
+
+def _lines(text: str) -> list[Line]:
+    out, start = [], 0
+    for line in text.split("\n"):
+        out.append((line, start, start + len(line)))
+        start += len(line) + 1
+    return out
+
+
+def _cutters(lines: list[list[Line]]) -> list:
+    """Ways to cut this region's values into pieces (see the module doc); the data then picks one."""
+    contains: Counter[str] = Counter()
+    repeated: Counter[str] = Counter()
+    for v_lines in lines:
+        seen = Counter(normalized(text) for text, _, _ in v_lines if text.strip())
+        contains.update(seen.keys())
+        repeated.update(n for n, k in seen.items() if k >= 2)
+    cutters = []
+    frame_lines = {n for n, k in repeated.items() if k >= 2 and k >= 0.3 * contains[n]}
+    if frame_lines:
+        cutters.append(lambda v_lines: _runs_between(v_lines, lambda text: normalized(text) in frame_lines))
+    if any(_blank_between(v_lines) for v_lines in lines):
+        cutters.append(lambda v_lines: _runs_between(v_lines, lambda text: False))
+    starts: Counter[str] = Counter()
+    for v_lines in lines:
+        shapes = Counter(shape(t) for t, _, _ in v_lines if t.strip())
+        starts.update(k for k, n in shapes.items() if n >= 2)  # a shape that starts several lines
+    for first, n in starts.most_common(2):
+        if first.strip() and n >= 2:
+            cutters.append(lambda v_lines, first=first: _runs_from(v_lines, first))
+    glued = _glue(lines)
+    cutters.append(lambda v_lines: _glued_lines(v_lines, glued))
+    return cutters
+
+
+def _blank_between(v_lines: list[Line]) -> bool:
+    texts = [t for t, _, _ in v_lines]
+    filled = [i for i, t in enumerate(texts) if t.strip()]
+    return bool(filled) and any(not texts[i].strip() for i in range(filled[0], filled[-1]))
+
+
+def _runs_between(v_lines: list[Line], is_frame) -> list[tuple[int, int]]:
+    """Maximal runs of non-blank lines that are not frame lines."""
+    pieces: list[tuple[int, int]] = []
+    start = end = None
+    for text, s, e in v_lines:
+        if not text.strip() or is_frame(text):
+            if start is not None:
+                pieces.append((start, end))  # type: ignore[arg-type]
+                start = None
             continue
-        tried.add(m)
-        region = _region_for(lines, marks, m)
-        if region is not None:
-            return region
+        if start is None:
+            start = s
+        end = e
+    if start is not None:
+        pieces.append((start, end))  # type: ignore[arg-type]
+    return pieces
+
+
+def _runs_from(v_lines: list[Line], first: str) -> list[tuple[int, int]]:
+    """A piece starts at each line shaped `first` and runs over the non-blank lines after it."""
+    pieces: list[tuple[int, int]] = []
+    start = end = None
+    for text, s, e in v_lines:
+        if not text.strip() or shape(text) == first:
+            if start is not None:
+                pieces.append((start, end))  # type: ignore[arg-type]
+                start = None
+            if not text.strip():
+                continue
+        if start is None:
+            start = s
+        end = e
+    if start is not None:
+        pieces.append((start, end))  # type: ignore[arg-type]
+    return pieces
+
+
+def _glue(lines: list[list[Line]]) -> set[tuple[str, str]]:
+    """Pairs of adjacent lines that belong to one block: the first is always followed by the second, or the
+    second always preceded by the first (each seen at least twice)."""
+    nexts: dict[str, set[str]] = defaultdict(set)
+    prevs: dict[str, set[str]] = defaultdict(set)
+    seen: Counter[str] = Counter()
+    for v_lines in lines:
+        texts = [t for t, _, _ in v_lines if t.strip()]
+        seen.update(texts)
+        for a, b in zip(["\0"] + texts, texts + ["\0"], strict=True):
+            nexts[a].add(b)
+            prevs[b].add(a)
+    return {
+        (a, b)
+        for a, following in nexts.items()
+        for b in following
+        if a != "\0"
+        and b != "\0"
+        and ((seen[a] >= 2 and len(following) == 1) or (seen[b] >= 2 and prevs[b] == {a}))
+    }
+
+
+def _glued_lines(v_lines: list[Line], glued: set[tuple[str, str]]) -> list[tuple[int, int]]:
+    pieces: list[tuple[int, int]] = []
+    previous = None
+    for text, s, e in v_lines:
+        if not text.strip():
+            previous = None
+            continue
+        if previous is not None and (previous, text) in glued:
+            pieces[-1] = (pieces[-1][0], e)
+        else:
+            pieces.append((s, e))
+        previous = text
+    return pieces
+
+
+def _period(values: list[str], pieces: list[list[tuple[int, int]]]) -> int:
+    """How many pieces make one block: the period of the text between pieces (`\\nOutput:\\n`, then
+    `\\n\\nInput:\\n`...), the last gap of each value left out (it may lead to the query)."""
+    gaps = [
+        [DIGITS.sub("#", v[p[k][1] : p[k + 1][0]]) for k in range(len(p) - 2)]
+        for v, p in zip(values, pieces, strict=True)
+    ]
+    for period in (1, 2, 3, 4):
+        informative = [g for g in gaps if len(g) > period]
+        regular = sum(all(g[k] == g[k + period] for k in range(len(g) - period)) for g in informative)
+        if not informative or regular >= 0.8 * len(informative):
+            return period
+    return 1
+
+
+def _blocks(value: str, pieces: list[tuple[int, int]], period: int) -> list[tuple[str, int, int]]:
+    """(text, start, end) of each whole block: `period` consecutive pieces."""
+    out = []
+    for k in range(0, len(pieces) - period + 1, period):
+        start, end = pieces[k][0], pieces[k + period - 1][1]
+        out.append((value[start:end], start, end))
+    return out
+
+
+# ---- what the blocks share ----------------------------------------------------------------------------
+
+
+def _frame(known: list[str]) -> Frame:
+    """What every recurring block shares, line by line: the labels and closing tags around the content."""
+    split = [k.split("\n") for k in known]
+    counts = Counter(len(s) for s in split)
+    usual = counts.most_common(1)[0][0]
+    same = [s for s in split if len(s) == usual]
+    specs = []
+    for i in range(usual):
+        texts = [s[i] for s in same]
+        prefix = frame_prefix(texts, 1.0)
+        if all(t == texts[0] for t in texts):
+            specs.append((texts[0], "", True))  # a line of the frame itself (`### Example`, `Output:`)
+        else:
+            specs.append((prefix, _closing([t[len(prefix) :] for t in texts]), False))
+    middle = _middle([s[0] for s in same]) if usual == 1 else ""
+    return Frame(
+        frozenset(counts),
+        tuple(specs),
+        frame_prefix([s[0] for s in split], 1.0),
+        _closing([s[-1] for s in split]),
+        middle,
+    )
+
+
+def _closing(texts: list[str]) -> str:
+    """The end every text shares, if it is a closing tag or bracket run (`</output>`, `"}`), not one
+    character that the contents happen to share (a final quote, a period)."""
+    suffix = frame_suffix(texts, 1.0)
+    return suffix if len(suffix.strip()) >= 2 else ""
+
+
+def _middle(lines: list[str]) -> str:
+    """The longest piece of punctuation-led text found exactly once in most one-line blocks."""
+    tokens = TOKENS.findall(lines[0])
+    candidates = {
+        "".join(tokens[i : i + n])
+        for n in (1, 3)
+        for i in range(1, len(tokens) - n)
+        if not tokens[i][0].isalnum()
+    }
+    good = [c for c in candidates if sum(line.count(c) == 1 for line in lines) >= 0.8 * len(lines)]
+    return max(good, key=len, default="")
+
+
+def _line_fits(line: str, prefix: str, suffix: str, fixed: bool) -> bool:
+    if fixed:
+        return line == prefix
+    return (
+        line.startswith(prefix)
+        and line.endswith(suffix)
+        and len(line) >= len(prefix) + len(suffix)
+        and bool(line[len(prefix) : len(line) - len(suffix)].strip())
+    )
+
+
+def _strip(line: str, prefix: str, suffix: str) -> str:
+    line = line[len(prefix) :] if line.startswith(prefix) else line
+    return line[: len(line) - len(suffix)] if suffix and line.endswith(suffix) else line
+
+
+def _separator(values: list[str], blocks: list[list[Block]], known: set[str]) -> Examples | None:
+    """The text between two blocks, learned from consecutive recurring blocks."""
+    gaps: list[tuple[int, str]] = []  # (index of the block after the gap, gap text)
+    for value, v_blocks in zip(values, blocks, strict=True):
+        for j in range(1, len(v_blocks)):
+            if v_blocks[j - 1][0] in known and v_blocks[j][0] in known:
+                gaps.append((j, value[v_blocks[j - 1][2] : v_blocks[j][1]]))
+    if not gaps:
+        return Examples("\n\n")
+    forms = Counter(DIGITS.sub("#", g) for _, g in gaps)
+    form, n = forms.most_common(1)[0]
+    if n < 0.9 * len(gaps):
+        return None
+    return _counting([(j, g) for j, g in gaps if DIGITS.sub("#", g) == form])
+
+
+def _counting(gaps: list[tuple[int, str]]) -> Examples | None:
+    """One separator for gaps of the same form: constant, or with one number that counts the blocks."""
+    runs = [list(DIGITS.finditer(g)) for _, g in gaps]
+    counters = []
+    for d in range(len(runs[0])):
+        offsets = {int(r[d].group()) - j for (j, _), r in zip(gaps, runs, strict=True)}
+        if len(offsets) == 1 and len({r[d].group() for r in runs}) > 1:
+            counters.append((d, offsets.pop()))
+    if not counters:
+        raw = gaps[0][1]
+        return Examples(raw) if all(g == raw for _, g in gaps) else None
+    if len(counters) > 1:
+        return None
+    d, offset = counters[0]
+    j, gap = gaps[0]
+    at = runs[0][d]
+    examples = Examples(gap[: at.start()], offset + 1, gap[at.end() :])
+    return examples if all(g == examples.separator(j) for j, g in gaps) else None
+
+
+# ---- examples written into static text ------------------------------------------------------------------
+
+
+def fixed_run(text: str) -> tuple[int, int, Examples, list[str], Frame] | None:
+    """Example blocks written out in a static text (the same examples in every request): two or more
+    consecutive blocks of the same number of lines (two at least), each line opening with the same label in
+    every block (`Input: `, `<output>`), the answer line's label holding a letter, the same text (or a
+    counting one) between them. Returns (start, end, examples part, blocks, frame), the longest such run."""
+    lines = _lines(text)
+    best = None
+    for pieces in _single_cuts(lines):
+        for i in range(len(pieces) - 1):
+            found = _fixed_from(text, pieces, i)
+            if found is not None and (best is None or len(found[3]) > len(best[3])):
+                best = found
+        if best is not None:
+            return best
     return None
 
 
-def _region_for(lines: list[str], marks: list[str | None], start_marker: str) -> ExampleRegion | None:
-    starts = [i for i, m in enumerate(marks) if m == start_marker]
-    first_blank = next((i for i in range(starts[0], starts[1]) if marks[i] == ""), starts[1])
-    pattern = _pattern(marks[starts[0] : first_blank])
-    if len(pattern) < 2:
-        return None  # a block needs an input marker and an answer marker
-    spans: list[tuple[int, int]] = []  # [first line, last line + 1), blank lines excluded
-    for n, begin in enumerate(starts):
-        stop = _block_end(lines, marks, begin, pattern)
-        if stop is None:
+def _single_cuts(lines: list[Line]):
+    """Ways to cut one text into pieces, most specific first: by repeated frame lines, by blank lines, by
+    lines of a shape that starts several lines."""
+    seen = Counter(normalized(t) for t, _, _ in lines if t.strip())
+    frame_lines = {n for n, k in seen.items() if k >= 2}
+    if frame_lines:
+        yield _runs_between(lines, lambda t: normalized(t) in frame_lines)
+    yield _runs_between(lines, lambda t: False)
+    shapes = Counter(shape(t) for t, _, _ in lines if t.strip())
+    for first, k in shapes.most_common(3):
+        if k >= 2 and first.strip():
+            yield _runs_from(lines, first)
+
+
+def _fixed_from(text: str, pieces: list[tuple[int, int]], i: int):
+    height = text[pieces[i][0] : pieces[i][1]].count("\n") + 1
+    if height < 2:
+        return None
+    j, gaps = i, []
+    while j + 1 < len(pieces) and text[pieces[j + 1][0] : pieces[j + 1][1]].count("\n") + 1 == height:
+        gaps.append((j + 1 - i, text[pieces[j][1] : pieces[j + 1][0]]))
+        j += 1
+    examples = None
+    while gaps:
+        examples = _counting(gaps)
+        if examples is not None:
             break
-        spans.append((begin, stop))
-        following = starts[n + 1] if n + 1 < len(starts) else begin
-        if any(m != "" for m in marks[stop:following]):
-            break  # static text after this block ends the region
-    offsets = [0]
-    for line in lines:
-        offsets.append(offsets[-1] + len(line))
-    blocks: list[Block] = []
-    bounds: list[tuple[int, int]] = []
-    for begin, stop in spans:
-        raw = "".join(lines[begin:stop]).rstrip()
-        block = _split_block(raw, pattern)
-        if block is None:
-            break  # an empty answer: the query block, after the examples
-        blocks.append(block)
-        bounds.append((offsets[begin], offsets[begin] + len(raw)))
-    if not blocks or (len(blocks) == 1 and len(starts) < 2):
+        gaps.pop()
+        j -= 1
+    if examples is None:
         return None
-    text = "".join(lines)
-    seps = tuple(text[bounds[k][1] : bounds[k + 1][0]] for k in range(len(bounds) - 1))
-    if any(sep.strip() for sep in seps):
+    blocks = [text[s:e] for s, e in pieces[i : j + 1]]
+    frame = _frame(blocks)
+    if not all(prefix.strip() for prefix, _, _ in frame.lines):
         return None
-    return ExampleRegion(bounds[0][0], bounds[-1][1], tuple(blocks), seps)
-
-
-def _pattern(marks: list[str | None]) -> tuple[str, ...]:
-    return tuple(m for m in marks if m)
-
-
-def _block_end(lines: list[str], marks: list[str | None], begin: int, pattern: tuple[str, ...]) -> int | None:
-    """End of the last block: lines that follow `pattern` in order (text lines continue the current one)."""
-    position, i = 0, begin
-    while i < len(lines):
-        m = marks[i]
-        if m == "":
-            break
-        if m is not None:
-            if position < len(pattern) and m == pattern[position]:
-                position += 1
-            else:
-                break
-        i += 1
-    return i if position == len(pattern) else None
-
-
-def _split_block(raw: str, pattern: tuple[str, ...]) -> Block | None:
-    """Input and answer of a block; None when the answer is empty (the query block)."""
-    answer_marker = next((m for m in reversed(pattern[1:]) if not m.startswith("</")), None)
-    lines = raw.split("\n")
-    marks = [marker(line) for line in lines]
-    cut = max(i for i, m in enumerate(marks) if m == answer_marker)
-    skip_wrapper = 1 if len(pattern) > 2 and cut > 1 else 0  # `<example>` / `### Example n` line
-    question = _clean(lines[skip_wrapper:cut])
-    answer = _clean(lines[cut:])
-    if not answer:
+    answer = next((p for p, _, fixed in reversed(frame.lines) if not fixed), "")
+    if not any(c.isalpha() for c in answer):
         return None
-    return Block(raw, question, answer)
+    return pieces[i][0], pieces[j][1], examples, blocks, frame
 
 
-def _clean(lines: list[str]) -> str:
-    """Text of lines without their leading marker and closing tags."""
-    out = []
-    for line in lines:
-        found = MARKER.match(line)
-        if found is not None and marker(line):
-            line = line[found.end() :]
-        line = CLOSING_TAG.sub("", line).strip()
-        if line:
-            out.append(line)
-    return "\n".join(out)
+def _first_line(values: list[str], block: str) -> str:
+    """The unit (line with its newline) a block starts with, as mining cut the message."""
+    for value in values:
+        at = value.find(block)
+        if at >= 0:
+            end = value.find("\n", at)
+            return value[at:] if end < 0 else value[at : end + 1]
+    return block

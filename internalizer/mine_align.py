@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -29,8 +29,8 @@ from gateway.matcher import (
     turn_raw,
 )
 from gateway.request_shape import TURNS_ROLE
-from internalizer.mine_blocks import RunFound, find_run, fixed_run
-from internalizer.mine_text import Units, align_slots, eligible
+from internalizer.mine_blocks import RunFound, repeats_as_frame, find_run, fixed_run
+from internalizer.mine_text import DIGITS, Units, align_slots, eligible, normalized
 
 QUERY_LABELS = {"question", "query", "q", "input", "request", "task", "user", "instruction", "prompt", "text"}
 _PARTS = Template("", [])  # matches static/slot parts the way the gateway will
@@ -145,11 +145,18 @@ def align_group(skeleton: tuple[str, ...], group: list[GroupRequest], config: Al
 def _anchors(texts: Counter[Units | None], n: int) -> list[str]:
     """Units found exactly once in every request, at the same rank among such units in every request."""
     once: Counter[str] = Counter()
+    numbered: Counter[str] = Counter()
     for units, weight in texts.items():
         for unit, k in Counter(units).items():
             if k == 1 and unit.strip():
                 once[unit] += weight
-    candidates = {unit for unit, k in once.items() if k == n}
+        forms: dict[str, list[str]] = defaultdict(list)
+        for unit in units or ():
+            if DIGITS.search(unit):
+                forms[normalized(unit)].append(unit)
+        numbered.update({form: weight for form, found in forms.items() if repeats_as_frame(found)})
+    # `Example 1:` ... `Example 5:` each once in every request still frame a run of examples: not anchors
+    candidates = {u for u, k in once.items() if k == n and 2 * numbered[normalized(u)] < n}
     if not candidates:
         return []
     rank: dict[str, int] = {}
@@ -239,6 +246,8 @@ def _guarded(parts: list[Part], found: RunFound, tails: list[str]) -> list[Part]
 def _check_varying(values: list[Units], weights: list[int], min_support: int) -> None:
     """Raise _Split when text that should vary per request does not: a whole value sent by many requests
     (another wording of the template) or a line recurring inside values that differ (a template mixed in)."""
+    if len(values) < 2:
+        return  # the same text everywhere: static
     total = sum(weights)
     unit_weight: Counter[str] = Counter()
     unit_values: Counter[str] = Counter()

@@ -22,7 +22,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 
 from gateway.matcher import Examples
-from internalizer.mine_text import DIGITS, frame_prefix, frame_suffix, normalized, shape
+from internalizer.mine_text import DIGITS, LABEL, WORD_LABEL, frame_prefix, frame_suffix, normalized, shape
 
 MIN_BLOCKS = 3  # distinct recurring blocks (and distinct sequences of them) that make a pool
 TOKENS = re.compile(r"\w+|[^\w]+")
@@ -102,9 +102,12 @@ def find_run(values: list[str], weights: list[int]) -> RunFound | str | None:
     if len(cutters) > 1:
         step = max(1, len(values) // SAMPLE)
         sample = list(range(0, len(values), step))
-        judged = [_cut([values[i] for i in sample], [lines[i] for i in sample], cut) for cut in cutters]
+        judged = [
+            _cut([values[i] for i in sample], [weights[i] for i in sample], [lines[i] for i in sample], cut)
+            for cut in cutters
+        ]
         cutters = [max(zip(judged, cutters, strict=True), key=lambda pair: pair[0].covered)[1]]
-    found = _cut(values, lines, cutters[0])
+    found = _cut(values, weights, lines, cutters[0])
     blocks, known = found.blocks, found.known
     sequences = {tuple(t for t, _, _ in b if t in known) for b in blocks}
     if len(known) < MIN_BLOCKS or len(sequences) < MIN_BLOCKS:
@@ -141,18 +144,18 @@ def find_run(values: list[str], weights: list[int]) -> RunFound | str | None:
     return RunFound(leading, examples, frame, known, runs)
 
 
-def _cut(values: list[str], lines: list[list[Line]], cutter) -> _Cut:
-    """Blocks of every value under one way of cutting; a block is known when it recurs in two values, and
-    not only as the last block of its value (the query is often shaped like a block), unless every value
+def _cut(values: list[str], weights: list[int], lines: list[list[Line]], cutter) -> _Cut:
+    """Blocks of every value under one way of cutting; a block is known when two requests carry it, and not
+    only as the last block of their region (the query is often shaped like a block), unless every value
     holds one block."""
     pieces = [cutter(v_lines) for v_lines in lines]
     period = _period(values, pieces)
     blocks = [_blocks(v, p, period) for v, p in zip(values, pieces, strict=True)]
     count: Counter[str] = Counter()
     nonfinal: Counter[str] = Counter()
-    for v_blocks in blocks:
+    for v_blocks, weight in zip(blocks, weights, strict=True):
         for j, (text, _, _) in enumerate(v_blocks):
-            count[text] += 1
+            count[text] += weight
             nonfinal[text] += j < len(v_blocks) - 1
     single = max((len(b) for b in blocks), default=0) == 1
     known = {t for t, n in count.items() if n >= 2 and (nonfinal[t] or single)}
@@ -175,29 +178,50 @@ def _lines(text: str) -> list[Line]:
 
 
 def _cutters(lines: list[list[Line]]) -> list:
-    """Ways to cut this region's values into pieces (see the module doc); the data then picks one."""
+    """Ways to cut this region's values into pieces (see the module doc); the data then picks one. Blank
+    lines and frame lines (a line that comes back in one request, digits ignored) always end a piece."""
     contains: Counter[str] = Counter()
     repeated: Counter[str] = Counter()
     for v_lines in lines:
-        seen = Counter(normalized(text) for text, _, _ in v_lines if text.strip())
-        contains.update(seen.keys())
-        repeated.update(n for n, k in seen.items() if k >= 2)
-    cutters = []
-    frame_lines = {n for n, k in repeated.items() if k >= 2 and k >= 0.3 * contains[n]}
-    if frame_lines:
-        cutters.append(lambda v_lines: _runs_between(v_lines, lambda text: normalized(text) in frame_lines))
-    if any(_blank_between(v_lines) for v_lines in lines):
-        cutters.append(lambda v_lines: _runs_between(v_lines, lambda text: False))
+        forms: dict[str, list[str]] = defaultdict(list)
+        for text, _, _ in v_lines:
+            if text.strip():
+                forms[normalized(text)].append(text)
+        contains.update(forms.keys())
+        repeated.update(form for form, texts in forms.items() if repeats_as_frame(texts))
+    # In most requests, and several times in a good share of them: the frame around every block. (Content
+    # lines come back in one request only by chance: two examples that differ only in their numbers.)
+    frame_lines = {
+        n
+        for n, k in repeated.items()
+        if k >= 2 and k >= 0.3 * contains[n] and contains[n] >= 0.8 * len(lines)
+    }
+
+    def is_frame(text: str) -> bool:
+        return normalized(text) in frame_lines
+
+    cutters = [lambda v_lines: _runs_between(v_lines, is_frame)]
     starts: Counter[str] = Counter()
     for v_lines in lines:
-        shapes = Counter(shape(t) for t, _, _ in v_lines if t.strip())
+        shapes = Counter(shape(t) for t, _, _ in v_lines if t.strip() and not is_frame(t))
         starts.update(k for k, n in shapes.items() if n >= 2)  # a shape that starts several lines
     for first, n in starts.most_common(2):
         if first.strip() and n >= 2:
-            cutters.append(lambda v_lines, first=first: _runs_from(v_lines, first))
-    glued = _glue(lines)
-    cutters.append(lambda v_lines: _glued_lines(v_lines, glued))
+            cutters.append(lambda v_lines, first=first: _runs_from(v_lines, first, is_frame))
+    glued = _glue(lines, is_frame)
+    cutters.append(lambda v_lines: _glued_lines(v_lines, glued, is_frame))
     return cutters
+
+
+def repeats_as_frame(texts: list[str]) -> bool:
+    """Lines of one form that frame blocks: the same line again, or a number counting up (`Example 1:`,
+    `Example 2:`); not two lines that merely differ in their numbers (`list 3 files`, `list 7 files`)."""
+    if len(texts) < 2:
+        return False
+    if len(set(texts)) == 1:
+        return True
+    numbers = [[int(d) for d in DIGITS.findall(t)] for t in texts]
+    return any(all(n[d] == numbers[0][d] + i for i, n in enumerate(numbers)) for d in range(len(numbers[0])))
 
 
 def _blank_between(v_lines: list[Line]) -> bool:
@@ -224,16 +248,17 @@ def _runs_between(v_lines: list[Line], is_frame) -> list[tuple[int, int]]:
     return pieces
 
 
-def _runs_from(v_lines: list[Line], first: str) -> list[tuple[int, int]]:
-    """A piece starts at each line shaped `first` and runs over the non-blank lines after it."""
+def _runs_from(v_lines: list[Line], first: str, is_frame) -> list[tuple[int, int]]:
+    """A piece starts at each line shaped `first` and runs over the lines after it."""
     pieces: list[tuple[int, int]] = []
     start = end = None
     for text, s, e in v_lines:
-        if not text.strip() or shape(text) == first:
+        stop = not text.strip() or is_frame(text)
+        if stop or shape(text) == first:
             if start is not None:
                 pieces.append((start, end))  # type: ignore[arg-type]
                 start = None
-            if not text.strip():
+            if stop:
                 continue
         if start is None:
             start = s
@@ -243,16 +268,16 @@ def _runs_from(v_lines: list[Line], first: str) -> list[tuple[int, int]]:
     return pieces
 
 
-def _glue(lines: list[list[Line]]) -> set[tuple[str, str]]:
+def _glue(lines: list[list[Line]], is_frame) -> set[tuple[str, str]]:
     """Pairs of adjacent lines that belong to one block: the first is always followed by the second, or the
     second always preceded by the first (each seen at least twice)."""
     nexts: dict[str, set[str]] = defaultdict(set)
     prevs: dict[str, set[str]] = defaultdict(set)
     seen: Counter[str] = Counter()
     for v_lines in lines:
-        texts = [t for t, _, _ in v_lines if t.strip()]
+        texts = [t for t, _, _ in v_lines if t.strip() and not is_frame(t)]
         seen.update(texts)
-        for a, b in zip(["\0"] + texts, texts + ["\0"], strict=True):
+        for a, b in zip(["\0", *texts], [*texts, "\0"], strict=True):
             nexts[a].add(b)
             prevs[b].add(a)
     return {
@@ -265,11 +290,12 @@ def _glue(lines: list[list[Line]]) -> set[tuple[str, str]]:
     }
 
 
-def _glued_lines(v_lines: list[Line], glued: set[tuple[str, str]]) -> list[tuple[int, int]]:
+def _glued_lines(v_lines: list[Line], glued: set[tuple[str, str]], is_frame) -> list[tuple[int, int]]:
+    """Each line is a piece, but lines the data glues together stay in one."""
     pieces: list[tuple[int, int]] = []
     previous = None
     for text, s, e in v_lines:
-        if not text.strip():
+        if not text.strip() or is_frame(text):
             previous = None
             continue
         if previous is not None and (previous, text) in glued:
@@ -316,7 +342,7 @@ def _frame(known: list[str]) -> Frame:
     specs = []
     for i in range(usual):
         texts = [s[i] for s in same]
-        prefix = frame_prefix(texts, 1.0)
+        prefix = _label_only(frame_prefix(texts, 1.0))
         if all(t == texts[0] for t in texts):
             specs.append((texts[0], "", True))  # a line of the frame itself (`### Example`, `Output:`)
         else:
@@ -325,10 +351,23 @@ def _frame(known: list[str]) -> Frame:
     return Frame(
         frozenset(counts),
         tuple(specs),
-        frame_prefix([s[0] for s in split], 1.0),
+        _label_only(frame_prefix([s[0] for s in split], 1.0)),
         _closing([s[-1] for s in split]),
         middle,
     )
+
+
+def _label_only(prefix: str) -> str:
+    """A shared line start cut back to its label: when every answer starts `A: logtool --`, the label is
+    `A: ` and `logtool --` is content all the pool's examples happen to share."""
+    for pattern in (LABEL, WORD_LABEL):
+        found = pattern.match(prefix)
+        if found is not None:
+            end = found.end()
+            while end < len(prefix) and prefix[end] == " ":
+                end += 1
+            return prefix[:end]
+    return prefix
 
 
 def _closing(texts: list[str]) -> str:
@@ -434,7 +473,7 @@ def _single_cuts(lines: list[Line]):
     shapes = Counter(shape(t) for t, _, _ in lines if t.strip())
     for first, k in shapes.most_common(3):
         if k >= 2 and first.strip():
-            yield _runs_from(lines, first)
+            yield _runs_from(lines, first, lambda t: False)
 
 
 def _fixed_from(text: str, pieces: list[tuple[int, int]], i: int):

@@ -25,6 +25,7 @@ LABEL = re.compile(
     r"[ \t]*(?:<[A-Za-z][\w-]*[^>\n]*>|\#{1,6}[ \t][^\n]{1,40}|\*\*[^*\n]{1,40}\*\*:?"
     r"|[A-Za-z][\w ()/'-]{0,30}?[ \t]*:)"
 )
+WORD_LABEL = re.compile(r"[^\w\n]*\w+[^\w\n]*[^\w\s][^\w\n]*")  # `Q -> `, `- Q: `, `{"question": "`
 LABEL_TAIL = re.compile(r"[:>] ((?:[A-Za-z0-9'-]+ ){1,4})$")
 QUERY_END = re.compile(r"[.?!]+\n")  # the queries' own final punctuation before the next line
 
@@ -79,12 +80,13 @@ def align_slots(values: Sequence[str], slot_numbers: Iterator[int]) -> list[Part
 def inner_label(values: Sequence[str]) -> str | None:
     """A line-start label (`\\n\\nQuestion: `) found exactly once in every value, not at its very start."""
     for line in min(values, key=len).split("\n")[1:]:
-        match = LABEL.match(line)
-        if match is None:
-            continue
-        label = "\n" + line[: match.end()] + (" " if line[match.end() : match.end() + 1] == " " else "")
-        if all(v.count(label) == 1 and not v.startswith(label) for v in values):
-            return label
+        for pattern in (LABEL, WORD_LABEL):
+            match = pattern.match(line)
+            if match is None:
+                continue
+            label = "\n" + line[: match.end()] + (" " if line[match.end() : match.end() + 1] == " " else "")
+            if all(v.count(label) == 1 and not v.startswith(label) for v in values):
+                return label
     return None
 
 

@@ -44,7 +44,7 @@ MAX_DEPTH = 24  # splits below one role skeleton; each split makes a group stric
 class MineConfig:
     min_support: int = 5  # requests a template needs, and sends that make a line or a value recur
     min_static_chars: int = 20
-    min_example_reuse: float = 0.25
+    max_conversation_share: float = 0.2
 
 
 @dataclass
@@ -75,9 +75,42 @@ def candidate_templates(shapes: list[Shape], config: MineConfig) -> list[MinedTe
     found = grouper.run(by_skeleton)
     pool = {unit for _, outcome in found for unit in outcome.pool_units}
     if any(outcome.anchors & pool for _, outcome in found):
-        grouper.never_key = pool  # a pool block anchored a template: group again without pool lines
+        grouper.never_key = frozenset(pool)  # a pool block anchored a template: again, without pool lines
         found = grouper.run(by_skeleton)
-    return [outcome.template for _, outcome in sorted(found, key=lambda item: -item[0])]  # type: ignore[misc]
+    found.sort(key=lambda item: -len(item[0]))
+    return [outcome.template for _, outcome in _without_near_misses(found, requests)]  # type: ignore[misc]
+
+
+def _without_near_misses(
+    found: list[tuple[list[int], Outcome]], requests: list[GroupRequest]
+) -> list[tuple[list[int], Outcome]]:
+    """Drop a group whose varying text, in most of its requests, holds a line of a larger template with at
+    most one word changed: requests that each changed a word of that template's instructions share all the
+    rest, so they look like a template whose slot starts at the changed word. They are its near-misses."""
+    kept: list[tuple[list[int], Outcome]] = []
+    claimed: set[str] = set()
+    for members, outcome in found:
+        own = {unit for _, unit in outcome.anchors | outcome.pool_units}
+        sample = members[:200]
+        near = 0
+        for i in sample:
+            varying = {
+                u for units in requests[i].elements for u in units or () if u not in own and eligible(u)
+            }
+            near += any(key in claimed for line in varying for key in _one_word_changed(line))
+        if claimed and 2 * near >= len(sample):
+            continue
+        kept.append((members, outcome))
+        claimed.update(key for unit in own if eligible(unit) for key in _one_word_changed(unit))
+    return kept
+
+
+def _one_word_changed(line: str) -> list[str]:
+    """Keys two lines share when they have the same words but at most one (lines of four words or more)."""
+    words = line.rstrip("\n").split(" ")
+    if len(words) < 4:
+        return []
+    return [" ".join(words[:k]) + "\0" + " ".join(words[k + 1 :]) for k in range(len(words))]
 
 
 def _units(cut: dict[str, Units], text: str) -> Units:
@@ -91,11 +124,11 @@ class _Grouper:
     def __init__(self, requests: list[GroupRequest], config: MineConfig) -> None:
         self.requests = requests
         self.config = config
-        self.align = AlignConfig(config.min_support, config.min_static_chars, config.min_example_reuse)
-        self.never_key: set[tuple[int, str]] = set()
+        self.align = AlignConfig(config.min_support, config.min_static_chars, config.max_conversation_share)
+        self.never_key: frozenset[tuple[int, str]] = frozenset()
 
-    def run(self, by_skeleton: dict[tuple[str, ...], list[int]]) -> list[tuple[int, Outcome]]:
-        found: list[tuple[int, Outcome]] = []
+    def run(self, by_skeleton: dict[tuple[str, ...], list[int]]) -> list[tuple[list[int], Outcome]]:
+        found: list[tuple[list[int], Outcome]] = []
         for skeleton, members in by_skeleton.items():
             self._mine(skeleton, members, found, 0)
         return found
@@ -103,9 +136,9 @@ class _Grouper:
     def _mine(self, skeleton: tuple[str, ...], members: list[int], found: list, depth: int) -> None:
         if len(members) < self.config.min_support:
             return
-        outcome = align_group(skeleton, [self.requests[i] for i in members], self.align)
+        outcome = align_group(skeleton, [self.requests[i] for i in members], self.align, self.never_key)
         if outcome.template is not None:
-            found.append((len(members), outcome))
+            found.append((members, outcome))
             return
         if depth >= MAX_DEPTH:
             return

@@ -29,7 +29,7 @@ from gateway.matcher import (
     turn_raw,
 )
 from gateway.request_shape import TURNS_ROLE
-from internalizer.mine_blocks import RunFound, repeats_as_frame, find_run, fixed_run
+from internalizer.mine_blocks import Frame, RunFound, find_run, fixed_run, repeats_as_frame
 from internalizer.mine_text import DIGITS, Units, align_slots, eligible, normalized
 
 QUERY_LABELS = {"question", "query", "q", "input", "request", "task", "user", "instruction", "prompt", "text"}
@@ -61,9 +61,9 @@ class MinedTemplate:
 class AlignConfig:
     min_support: int = 5  # requests that make a value or a line recur
     min_static_chars: int = 20  # non-blank characters of static text a template needs
-    # Few-shot turns: share of their uses that must be of turns seen twice or more. Bare user/assistant turns
-    # that never recur are a conversation's history, not examples drawn from a pool.
-    min_example_reuse: float = 0.25
+    # User/assistant turns are a conversation's history, not few-shot examples, when this share of the
+    # requests carry an earlier request of the group as their history plus its last user message.
+    max_conversation_share: float = 0.2
 
 
 @dataclass
@@ -81,6 +81,8 @@ class _Region:
     parts: list[Part]
     blocks: dict[str, ExampleInfo] = field(default_factory=dict)  # raw -> example
     pool_lines: set[str] = field(default_factory=set)
+    frame: Frame | None = None  # the shape of its example blocks, if it holds a run
+    block_anchors: set[str] = field(default_factory=set)
 
 
 class _Split(Exception):
@@ -88,20 +90,27 @@ class _Split(Exception):
         self.unit = unit
 
 
-def align_group(skeleton: tuple[str, ...], group: list[GroupRequest], config: AlignConfig) -> Outcome:
-    """The template shared by every request of the group, or where to split the group."""
+def align_group(
+    skeleton: tuple[str, ...],
+    group: list[GroupRequest],
+    config: AlignConfig,
+    never_anchor: frozenset[tuple[int, str]] = frozenset(),
+) -> Outcome:
+    """The template shared by every request of the group, or where to split the group. Units in
+    `never_anchor` (lines of pool blocks seen elsewhere) are never static lines."""
     outcome = Outcome()
     n = len(group)
     texts = [Counter(r.elements[e] for r in group) for e in range(len(skeleton))]
-    anchors = [[] if role == TURNS_ROLE else _anchors(texts[e], n) for e, role in enumerate(skeleton)]
-    outcome.anchors = {(e, a) for e, found in enumerate(anchors) for a in found}
-    if not any(eligible(a) for _, a in outcome.anchors):
+    banned = [{u for f, u in never_anchor if f == e} for e in range(len(skeleton))]
+    anchors = [
+        [] if role == TURNS_ROLE else _anchors(texts[e], n, banned[e]) for e, role in enumerate(skeleton)
+    ]
+    if not any(eligible(a) for found in anchors for a in found):
         return outcome  # nothing static in common: a mix of templates
     slot_numbers = itertools.count()
     examples: dict[str, ExampleInfo] = {}
     inline_pool: dict[str, str] = {}
     turn_pool: dict[tuple[str, str], str] = {}
-    turn_uses: Counter[str] = Counter()
     specs: list[MessageSpec] = []
     for e, role in enumerate(skeleton):
         if role == TURNS_ROLE:
@@ -111,27 +120,28 @@ def align_group(skeleton: tuple[str, ...], group: list[GroupRequest], config: Al
                     digest = example_hash(raw)
                     turn_pool[(user, assistant)] = digest
                     examples[digest] = ExampleInfo(user, assistant, raw)
-                    turn_uses[digest] += 1
             specs.append(MessageSpec(TURNS_ROLE))
             continue
-        parts: list[Part] = []
-        for j, region in enumerate(_regions(texts[e], anchors[e])):
+        while True:
             try:
-                found = _region(region, slot_numbers, config)
+                message = _message(texts[e], anchors[e], slot_numbers, config)
             except _Split as split:
+                outcome.anchors = {(f, a) for f, found in enumerate(anchors) for a in found}
                 outcome.hint = (e, split.unit) if split.unit else None
                 return outcome
-            parts += found.parts
-            for raw, info in found.blocks.items():
-                digest = example_hash(raw)
-                inline_pool[raw] = digest
-                examples[digest] = info
-            outcome.pool_units |= {(e, line) for line in found.pool_lines}
-            if j < len(anchors[e]):
-                parts.append(anchors[e][j])
-        parts = _with_fixed_examples(_merge_static(parts), inline_pool, examples)
+            if not message.block_anchors:
+                break
+            banned[e] |= message.block_anchors  # an example every request happened to carry
+            anchors[e] = _anchors(texts[e], n, banned[e])
+        for raw, info in message.blocks.items():
+            digest = example_hash(raw)
+            inline_pool[raw] = digest
+            examples[digest] = info
+        outcome.pool_units |= {(e, line) for line in message.pool_lines}
+        parts = _with_fixed_examples(_merge_static(message.parts), inline_pool, examples)
         specs.append(MessageSpec(role, tuple(parts)))
-    if not _valid(specs, turn_uses, config):
+    outcome.anchors = {(e, a) for e, found in enumerate(anchors) for a in found}
+    if not _valid(specs, config) or (TURNS_ROLE in skeleton and _conversation(group, config)):
         return outcome
     specs = _name_slots(specs)
     template = Template(template_id(specs), specs, _name(specs), inline_pool, turn_pool)
@@ -139,10 +149,43 @@ def align_group(skeleton: tuple[str, ...], group: list[GroupRequest], config: Al
     return outcome
 
 
+def _message(
+    texts: Counter[Units | None], anchors: list[str], slot_numbers: Iterator[int], config: AlignConfig
+) -> _Region:
+    """One message of the template: its anchors with the parts of each region between them.
+
+    An example every request of a small group happened to carry is static in all of them: it comes back in
+    `block_anchors` when it is shaped like the blocks of an example run next to it and text varies on both
+    of its sides (a fixed first example has static text on one side, and stays static)."""
+    regions = _regions(texts, anchors)
+    found = [_region(region, slot_numbers, config) for region in regions]
+    message = _Region([])
+    for j, region in enumerate(found):
+        message.parts += region.parts
+        message.blocks.update(region.blocks)
+        message.pool_lines |= region.pool_lines
+        if j < len(anchors):
+            message.parts.append(anchors[j])
+        if region.frame is None or not region.frame.informative:
+            continue
+        for height in region.frame.line_counts:
+            for start, beyond in ((j, j + height), (j - height, j - height)):
+                near = anchors[max(0, start) : start + height]
+                if (
+                    start >= 0
+                    and len(near) == height
+                    and 0 <= beyond < len(regions)
+                    and len(regions[beyond]) > 1  # text varies on the far side too
+                    and region.frame.fits("".join(near).removesuffix("\n"))
+                ):
+                    message.block_anchors |= set(near)
+    return message
+
+
 # ---- anchors and regions ------------------------------------------------------------------------------
 
 
-def _anchors(texts: Counter[Units | None], n: int) -> list[str]:
+def _anchors(texts: Counter[Units | None], n: int, banned: set[str]) -> list[str]:
     """Units found exactly once in every request, at the same rank among such units in every request."""
     once: Counter[str] = Counter()
     numbered: Counter[str] = Counter()
@@ -156,7 +199,9 @@ def _anchors(texts: Counter[Units | None], n: int) -> list[str]:
                 forms[normalized(unit)].append(unit)
         numbered.update({form: weight for form, found in forms.items() if repeats_as_frame(found)})
     # `Example 1:` ... `Example 5:` each once in every request still frame a run of examples: not anchors
-    candidates = {u for u, k in once.items() if k == n and 2 * numbered[normalized(u)] < n}
+    candidates = {
+        u for u, k in once.items() if k == n and 2 * numbered[normalized(u)] < n and u not in banned
+    }
     if not candidates:
         return []
     rank: dict[str, int] = {}
@@ -226,7 +271,7 @@ def _run_region(
                     blocks[block] = ExampleInfo(*found.frame.input_output(block), block)
                 break
     pool_lines = {line + end for block in found.known for line in block.split("\n") for end in ("\n", "")}
-    return _Region([found.leading, found.examples, *tail_parts], blocks, pool_lines)
+    return _Region([found.leading, found.examples, *tail_parts], blocks, pool_lines, found.frame)
 
 
 def _guarded(parts: list[Part], found: RunFound, tails: list[str]) -> list[Part]:
@@ -306,7 +351,7 @@ def _merge_static(parts: list[Part]) -> list[Part]:
     return merged
 
 
-def _valid(specs: list[MessageSpec], turn_uses: Counter[str], config: AlignConfig) -> bool:
+def _valid(specs: list[MessageSpec], config: AlignConfig) -> bool:
     slots = [p for spec in specs for p in spec.parts if isinstance(p, Slot)]
     if not slots:
         return False  # the same request over and over: nothing varies, nothing to learn
@@ -317,24 +362,30 @@ def _valid(specs: list[MessageSpec], turn_uses: Counter[str], config: AlignConfi
         for part, following in zip(spec.parts, spec.parts[1:], strict=False):
             if isinstance(part, Slot) and not isinstance(following, str):
                 return False  # no static text to tell where the slot ends
-    if turn_uses:
-        reused = sum(n for n in turn_uses.values() if n >= 2)
-        if reused < config.min_example_reuse * sum(turn_uses.values()):
-            return False  # turns that never recur: a conversation's history, not a few-shot pool
     return True
 
 
+def _conversation(group: list[GroupRequest], config: AlignConfig) -> bool:
+    """Whether the turns of the group are chat histories: request B's turns start with request A's turns
+    followed by A's last user message (A's answer came next). Few-shot turns never continue a query."""
+    last = {(tuple(r.pairs), "".join(r.elements[-1] or ())) for r in group}
+    continued = sum(
+        any((tuple(r.pairs[:j]), r.pairs[j][0]) in last for j in range(len(r.pairs))) for r in group
+    )
+    return continued > config.max_conversation_share * len(group)
+
+
 def _name_slots(specs: list[MessageSpec]) -> list[MessageSpec]:
-    """Slots are named after the label before them (`Context:` -> context). The query is the slot of the
-    last message that has slots whose label reads like a question (`Question:`, `Input:`...), else the
-    last slot of that message (a context document comes before the question in most prompts)."""
+    """Slots are named after the label before them (`Context:` -> context). The query is the last slot of
+    the last message that has slots whose label reads like a question (`Question:`, `Input:`...), else the
+    last slot of that message (a context document, examples too rare to pool, come before the question)."""
     located = [
         (m, k) for m, spec in enumerate(specs) for k, p in enumerate(spec.parts) if isinstance(p, Slot)
     ]
     last_message = located[-1][0]
     labels = {loc: _label(specs[loc[0]].parts[loc[1] - 1] if loc[1] else "") for loc in located}
     in_last = [loc for loc in located if loc[0] == last_message]
-    query_at = next((loc for loc in in_last if labels[loc] in QUERY_LABELS), in_last[-1])
+    query_at = next((loc for loc in reversed(in_last) if labels[loc] in QUERY_LABELS), in_last[-1])
     used = {QUERY_SLOT, "examples"}
     renamed: list[MessageSpec] = []
     for m, spec in enumerate(specs):

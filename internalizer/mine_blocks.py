@@ -40,6 +40,11 @@ class Frame:
     last_suffix: str
     middle: str  # text in the middle of every one-line block (`", "output": "`), or ""
 
+    @property
+    def informative(self) -> bool:
+        """Whether the blocks share enough (a label, a middle, a frame line) to tell a block from text."""
+        return bool(self.first_prefix.strip() or self.middle or any(fixed for _, _, fixed in self.lines))
+
     def fits(self, block: str) -> bool:
         lines = block.split("\n")
         if len(lines) not in self.line_counts:

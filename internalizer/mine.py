@@ -91,6 +91,8 @@ def _without_near_misses(
     claimed: set[str] = set()
     for members, outcome in found:
         own = {unit for _, unit in outcome.anchors | outcome.pool_units}
+        for block in outcome.template.template.inline_pool:  # type: ignore[union-attr]
+            own.update(line + end for line in block.split("\n") for end in ("\n", ""))
         sample = members[:200]
         near = 0
         for i in sample:

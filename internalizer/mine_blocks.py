@@ -25,6 +25,7 @@ from gateway.matcher import Examples
 from internalizer.mine_text import DIGITS, LABEL, WORD_LABEL, frame_prefix, frame_suffix, normalized, shape
 
 MIN_BLOCKS = 3  # distinct recurring blocks (and distinct sequences of them) that make a pool
+MIN_ALTERNATIVES = 5  # ... when every request carries one block: wordings of a line are not a pool
 TOKENS = re.compile(r"\w+|[^\w]+")
 
 
@@ -111,22 +112,29 @@ def find_run(values: list[str], weights: list[int]) -> RunFound | str | None:
             _cut([values[i] for i in sample], [weights[i] for i in sample], [lines[i] for i in sample], cut)
             for cut in cutters
         ]
-        cutters = [max(zip(judged, cutters, strict=True), key=lambda pair: pair[0].covered)[1]]
+        best = 0  # a finer way of cutting must explain clearly more than a coarser one
+        for k in range(1, len(cutters)):
+            if judged[k].covered > 1.1 * judged[best].covered:
+                best = k
+        cutters = [cutters[best]]
     found = _cut(values, weights, lines, cutters[0])
     blocks, known = found.blocks, found.known
-    sequences = {tuple(t for t, _, _ in b if t in known) for b in blocks}
-    if len(known) < MIN_BLOCKS or len(sequences) < MIN_BLOCKS:
-        return None
     total = sum(weights)
+    sequences: Counter[tuple[str, ...]] = Counter()
     weight: Counter[str] = Counter()
     places: dict[str, set[int]] = defaultdict(set)
     for v_blocks, w in zip(blocks, weights, strict=True):
+        sequences[tuple(t for t, _, _ in v_blocks if t in known)] += w
         for j, (text, _, _) in enumerate(v_blocks):
             weight[text] += w
             places[text].add(j)
+    if len(known) < MIN_BLOCKS or len(sequences) < MIN_BLOCKS:
+        return None
     for text in sorted(known, key=lambda t: -weight[t]):
         if weight[text] * 2 >= total and len(places[text]) == 1:
             return _first_line(values, text)  # static text in a fixed place, not a block drawn from a pool
+    if not _drawn(known, sequences, places, total):
+        return None
     frame = _frame(sorted(known))
     examples = _separator(values, blocks, known)
     if examples is None:
@@ -135,18 +143,48 @@ def find_run(values: list[str], weights: list[int]) -> RunFound | str | None:
     leading, n_leading = leadings.most_common(1)[0]
     if n_leading < 0.9 * sum(leadings.values()):
         return None
-    runs: list[list[tuple[str, int]] | None] = []
-    for value, v_blocks in zip(values, blocks, strict=True):
-        run: list[tuple[str, int]] = []
-        if v_blocks and v_blocks[0][1] == len(leading) and value.startswith(leading):
-            for j, (text, start, end) in enumerate(v_blocks):
-                if j and value[v_blocks[j - 1][2] : start] != examples.separator(j):
-                    break
-                if text not in known and not frame.fits(text):
-                    break
-                run.append((text, end))
-        runs.append(run or None)
+    runs = [
+        _run(value, v_blocks, leading, examples, frame, known)
+        for value, v_blocks in zip(values, blocks, strict=True)
+    ]
     return RunFound(leading, examples, frame, known, runs)
+
+
+def _run(
+    value: str, blocks: list[Block], leading: str, examples: Examples, frame: Frame, known: set[str]
+) -> list[tuple[str, int]] | None:
+    """The longest run of blocks at the start of a value: known blocks, or blocks shaped like them (a block
+    seen once may have been cut in pieces: consecutive pieces that together have the shape are one)."""
+    if not blocks or blocks[0][1] != len(leading) or not value.startswith(leading):
+        return None
+    run: list[tuple[str, int]] = []
+    j = 0
+    while j < len(blocks):
+        start = blocks[j][1]
+        if run and value[run[-1][1] : start] != examples.separator(len(run)):
+            break
+        for k in range(j, min(j + 4, len(blocks))):
+            text = value[start : blocks[k][2]]
+            if text in known or frame.fits(text):
+                break
+        else:
+            break
+        run.append((text, blocks[k][2]))
+        j = k + 1
+    return run or None
+
+
+def _drawn(
+    known: set[str], sequences: Counter[tuple[str, ...]], places: dict[str, set[int]], total: int
+) -> bool:
+    """Whether recurring blocks look drawn from a pool rather than being the fixed texts of templates mixed
+    in one group: several of them, in varied sequences (none sent by half the requests), most of them met
+    at more than one place in the run; one block per request needs a wider choice instead."""
+    if 2 * sequences.most_common(1)[0][1] >= total:
+        return False
+    if max(len(sequence) for sequence in sequences) <= 1:
+        return len(known) >= MIN_ALTERNATIVES
+    return 2 * sum(len(places[t]) >= 2 for t in known) >= len(known)
 
 
 def _cut(values: list[str], weights: list[int], lines: list[list[Line]], cutter) -> _Cut:

@@ -136,10 +136,15 @@ def find_run(values: list[str], weights: list[int]) -> RunFound | str | None:
     if not _drawn(known, sequences, places, total):
         return None
     frame = _frame(sorted(known))
+    misfits = [t for t in known if not frame.fits(t)]
+    if misfits:  # a recurring text not shaped like the blocks: another template's, mixed in this group
+        return _first_line(values, max(misfits, key=lambda t: (weight[t], t)))
     examples = _separator(values, blocks, known)
     if examples is None:
         return None
     leadings = Counter(v[: b[0][1]] for v, b in zip(values, blocks, strict=True) if b and b[0][0] in known)
+    if not leadings:
+        return None
     leading, n_leading = leadings.most_common(1)[0]
     if n_leading < 0.9 * sum(leadings.values()):
         return None
@@ -377,7 +382,8 @@ def _blocks(value: str, pieces: list[tuple[int, int]], period: int) -> list[tupl
 
 
 def _frame(known: list[str]) -> Frame:
-    """What every recurring block shares, line by line: the labels and closing tags around the content."""
+    """What the recurring blocks share, line by line (those of the most common length): the labels and
+    closing tags around the content."""
     split = [k.split("\n") for k in known]
     counts = Counter(len(s) for s in split)
     usual = counts.most_common(1)[0][0]
@@ -391,13 +397,10 @@ def _frame(known: list[str]) -> Frame:
         else:
             specs.append((prefix, _closing([t[len(prefix) :] for t in texts]), False))
     middle = _middle([s[0] for s in same]) if usual == 1 else ""
-    return Frame(
-        frozenset(counts),
-        tuple(specs),
-        _label_only(frame_prefix([s[0] for s in split], 1.0)),
-        _closing([s[-1] for s in split]),
-        middle,
-    )
+    first, last = _label_only(frame_prefix([s[0] for s in same], 1.0)), _closing([s[-1] for s in same])
+    # Blocks of another length (a multi-line answer) belong if they open and close like the usual ones.
+    heights = {len(s) for s in split if s[0].startswith(first) and s[-1].endswith(last)} | {usual}
+    return Frame(frozenset(heights), tuple(specs), first, last, middle)
 
 
 def _label_only(prefix: str) -> str:

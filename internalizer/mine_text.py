@@ -79,14 +79,20 @@ def align_slots(values: Sequence[str], slot_numbers: Iterator[int]) -> list[Part
 
 def inner_label(values: Sequence[str]) -> str | None:
     """A line-start label (`\\n\\nQuestion: `) found exactly once in every value, not at its very start."""
-    for line in min(values, key=len).split("\n")[1:]:
+    lines = min(values, key=len).split("\n")
+    for i in range(1, len(lines)):
+        blanks = 0
+        while blanks < i - 1 and not lines[i - 1 - blanks].strip():
+            blanks += 1
         for pattern in (LABEL, WORD_LABEL):
-            match = pattern.match(line)
+            match = pattern.match(lines[i])
             if match is None:
                 continue
-            label = "\n" + line[: match.end()] + (" " if line[match.end() : match.end() + 1] == " " else "")
-            if all(v.count(label) == 1 and not v.startswith(label) for v in values):
-                return label
+            label = lines[i][: match.end()] + (" " if lines[i][match.end() : match.end() + 1] == " " else "")
+            for before in range(1, blanks + 2):  # `\nQ: `, or `\n\nQ: ` when blocks above are labelled alike
+                candidate = "\n" * before + label
+                if all(v.count(candidate) == 1 and not v.startswith(candidate) for v in values):
+                    return candidate
     return None
 
 

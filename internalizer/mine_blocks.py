@@ -193,9 +193,7 @@ def _drawn(
 
 
 def _cut(values: list[str], weights: list[int], lines: list[list[Line]], cutter) -> _Cut:
-    """Blocks of every value under one way of cutting; a block is known when two requests carry it, and not
-    only as the last block of their region (the query is often shaped like a block), unless every value
-    holds one block."""
+    """Blocks of every value under one way of cutting; a block is known when two requests carry it."""
     pieces = [cutter(v_lines) for v_lines in lines]
     period = _period(values, pieces)
     blocks = [_blocks(v, p, period) for v, p in zip(values, pieces, strict=True)]
@@ -205,8 +203,11 @@ def _cut(values: list[str], weights: list[int], lines: list[list[Line]], cutter)
         for j, (text, _, _) in enumerate(v_blocks):
             count[text] += weight
             nonfinal[text] += j < len(v_blocks) - 1
-    single = max((len(b) for b in blocks), default=0) == 1
-    known = {t for t, n in count.items() if n >= 2 and (nonfinal[t] or single)}
+    # When the last block of most values is one of a kind, it is the query (often shaped like a block),
+    # and a block must be met before the end of some value to count as an example.
+    unique_last = sum(w for b, w in zip(blocks, weights, strict=True) if b and count[b[-1][0]] == 1)
+    query_last = max((len(b) for b in blocks), default=0) > 1 and 2 * unique_last >= sum(weights)
+    known = {t for t, n in count.items() if n >= 2 and (nonfinal[t] or not query_last)}
     covered = sum(len(t) for b in blocks for t, _, _ in b if t in known)
     return _Cut(blocks, known, covered)
 

@@ -72,13 +72,19 @@ def candidate_templates(shapes: list[Shape], config: MineConfig) -> list[MinedTe
         requests.append(GroupRequest(elements, shape.pairs))
         by_skeleton[shape.skeleton].append(index)
     grouper = _Grouper(requests, config)
-    found = grouper.run(by_skeleton)
-    pool = {unit for _, outcome in found for unit in outcome.pool_units}
-    if any(outcome.anchors & pool for _, outcome in found):
-        grouper.never_key = frozenset(pool)  # a pool block anchored a template: again, without pool lines
-        found = grouper.run(by_skeleton)
+    found = _without_near_misses(grouper.run(by_skeleton), requests)
+    pool: Counter[tuple[int, str]] = Counter()
+    for _, outcome in found:
+        pool.update(outcome.pool_units)
+    redo = {shapes[members[0]].skeleton for members, outcome in found if outcome.anchors & pool.keys()}
+    if (
+        redo
+    ):  # a pool block anchored a template: mine its skeleton again, never keyed or anchored by pool lines
+        grouper.never_key = frozenset(pool)
+        again = _without_near_misses(grouper.run({s: by_skeleton[s] for s in redo}), requests)
+        found = [f for f in found if shapes[f[0][0]].skeleton not in redo] + again
     found.sort(key=lambda item: -len(item[0]))
-    return [outcome.template for _, outcome in _without_near_misses(found, requests)]  # type: ignore[misc]
+    return [outcome.template for _, outcome in found]  # type: ignore[misc]
 
 
 def _without_near_misses(
@@ -89,7 +95,7 @@ def _without_near_misses(
     rest, so they look like a template whose slot starts at the changed word. They are its near-misses."""
     kept: list[tuple[list[int], Outcome]] = []
     claimed: set[str] = set()
-    for members, outcome in found:
+    for members, outcome in sorted(found, key=lambda item: -len(item[0])):
         own = {unit for _, unit in outcome.anchors | outcome.pool_units}
         for block in outcome.template.template.inline_pool:  # type: ignore[union-attr]
             own.update(line + end for line in block.split("\n") for end in ("\n", ""))

@@ -96,9 +96,11 @@ def _without_near_misses(
     kept: list[tuple[list[int], Outcome]] = []
     claimed: set[str] = set()
     for members, outcome in sorted(found, key=lambda item: -len(item[0])):
+        template = outcome.template.template  # type: ignore[union-attr]
+        static = [p for spec in template.messages for p in spec.parts if isinstance(p, str)]
         own = {unit for _, unit in outcome.anchors | outcome.pool_units}
-        for block in outcome.template.template.inline_pool:  # type: ignore[union-attr]
-            own.update(line + end for line in block.split("\n") for end in ("\n", ""))
+        for text in [*static, *template.inline_pool]:
+            own.update(line + end for line in text.split("\n") for end in ("\n", ""))
         sample = members[:200]
         near = 0
         for i in sample:

@@ -50,6 +50,8 @@ class Frame:
         lines = block.split("\n")
         if len(lines) not in self.line_counts:
             return False
+        if self.middle and len(lines) == 1 and block.count(self.middle) != 1:
+            return False
         if len(lines) == len(self.lines):
             return all(_line_fits(line, *spec) for line, spec in zip(lines, self.lines, strict=True))
         return _line_fits(lines[0], self.first_prefix, "", False) and _line_fits(

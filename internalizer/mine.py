@@ -90,17 +90,20 @@ def candidate_templates(shapes: list[Shape], config: MineConfig) -> list[MinedTe
 def _without_near_misses(
     found: list[tuple[list[int], Outcome]], requests: list[GroupRequest]
 ) -> list[tuple[list[int], Outcome]]:
-    """Drop a group whose varying text, in most of its requests, holds a line of a larger template with at
-    most one word changed: requests that each changed a word of that template's instructions share all the
-    rest, so they look like a template whose slot starts at the changed word. They are its near-misses."""
+    """Drop a group whose varying text, in most of its requests, holds a static line of a larger template
+    with at most one word changed: requests that each changed a word of that template's instructions share
+    all the rest, so they look like a template whose slot starts at the changed word. They are its
+    near-misses. (Example blocks may be shared: two wordings of one app draw from one pool.)"""
     kept: list[tuple[list[int], Outcome]] = []
     claimed: set[str] = set()
     for members, outcome in sorted(found, key=lambda item: -len(item[0])):
         template = outcome.template.template  # type: ignore[union-attr]
-        static = [p for spec in template.messages for p in spec.parts if isinstance(p, str)]
-        own = {unit for _, unit in outcome.anchors | outcome.pool_units}
-        for text in [*static, *template.inline_pool]:
-            own.update(line + end for line in text.split("\n") for end in ("\n", ""))
+        static = {unit for _, unit in outcome.anchors}
+        for part in (p for spec in template.messages for p in spec.parts if isinstance(p, str)):
+            static.update(line + end for line in part.split("\n") for end in ("\n", ""))
+        own = static | {unit for _, unit in outcome.pool_units}
+        for block in template.inline_pool:
+            own.update(line + end for line in block.split("\n") for end in ("\n", ""))
         sample = members[:200]
         near = 0
         for i in sample:
@@ -111,7 +114,7 @@ def _without_near_misses(
         if claimed and 2 * near >= len(sample):
             continue
         kept.append((members, outcome))
-        claimed.update(key for unit in own if eligible(unit) for key in _one_word_changed(unit))
+        claimed.update(key for unit in static if eligible(unit) for key in _one_word_changed(unit))
     return kept
 
 

@@ -104,9 +104,7 @@ def find_run(values: list[str], weights: list[int]) -> RunFound | str | None:
     in a fixed place that only most requests have: splitting the group on that line separates them.
     """
     lines = [_lines(v) for v in values]
-    cutters = _cutters(lines)
-    if not cutters:
-        return None
+    cutters, framed = _cutters(lines)
     if len(cutters) > 1:
         step = max(1, len(values) // SAMPLE)
         sample = list(range(0, len(values), step))
@@ -118,9 +116,14 @@ def find_run(values: list[str], weights: list[int]) -> RunFound | str | None:
         for k in range(1, len(cutters)):
             if judged[k].covered > 1.1 * judged[best].covered:
                 best = k
-        cutters = [cutters[best]]
+        cutters, framed = [cutters[best]], framed and best == 0
     found = _cut(values, weights, lines, cutters[0])
     blocks, known = found.blocks, found.known
+    # Frame lines (`Example 3:`, `<example>`) around the blocks are evidence enough when the pool is too
+    # large for its blocks to recur in this log: then every framed block is an example.
+    structural = framed and len(known) < MIN_BLOCKS
+    if structural:
+        known = {text for v_blocks in blocks for text, _, _ in v_blocks}
     total = sum(weights)
     sequences: Counter[tuple[str, ...]] = Counter()
     weight: Counter[str] = Counter()
@@ -135,7 +138,7 @@ def find_run(values: list[str], weights: list[int]) -> RunFound | str | None:
     for text in sorted(known, key=lambda t: -weight[t]):
         if weight[text] * 2 >= total and len(places[text]) == 1:
             return _first_line(values, text)  # static text in a fixed place, not a block drawn from a pool
-    if not _drawn(known, sequences, places, total):
+    if not structural and not _drawn(known, sequences, places, total):
         return None
     frame = _frame(sorted(known))
     misfits = [t for t in known if not frame.fits(t)]
@@ -228,9 +231,10 @@ def _lines(text: str) -> list[Line]:
     return out
 
 
-def _cutters(lines: list[list[Line]]) -> list:
-    """Ways to cut this region's values into pieces (see the module doc); the data then picks one. Blank
-    lines and frame lines (a line that comes back in one request, digits ignored) always end a piece."""
+def _cutters(lines: list[list[Line]]) -> tuple[list, bool]:
+    """Ways to cut this region's values into pieces (see the module doc), the first one by frame and blank
+    lines only, and whether there are frame lines (a line that comes back in one request, digits ignored,
+    always ends a piece). The data then picks one way."""
     contains: Counter[str] = Counter()
     repeated: Counter[str] = Counter()
     for v_lines in lines:
@@ -251,7 +255,7 @@ def _cutters(lines: list[list[Line]]) -> list:
     def is_frame(text: str) -> bool:
         return normalized(text) in frame_lines
 
-    cutters = [lambda v_lines: _runs_between(v_lines, is_frame)]
+    cutters: list = [lambda v_lines: _runs_between(v_lines, is_frame)]
     starts: Counter[str] = Counter()
     for v_lines in lines:
         shapes = Counter(shape(t) for t, _, _ in v_lines if t.strip() and not is_frame(t))
@@ -261,7 +265,7 @@ def _cutters(lines: list[list[Line]]) -> list:
             cutters.append(lambda v_lines, first=first: _runs_from(v_lines, first, is_frame))
     glued = _glue(lines, is_frame)
     cutters.append(lambda v_lines: _glued_lines(v_lines, glued, is_frame))
-    return cutters
+    return cutters, bool(frame_lines)
 
 
 def repeats_as_frame(texts: list[str]) -> bool:

@@ -93,6 +93,8 @@ def inner_label(values: Sequence[str]) -> str | None:
                 candidate = "\n" * before + label
                 if all(v.count(candidate) == 1 and not v.startswith(candidate) for v in values):
                     return candidate
+    if all(v.count("\n\n") == 1 and not v.startswith("\n\n") and not v.endswith("\n\n") for v in values):
+        return "\n\n"  # one blank line in every value: two parts (examples too rare to pool, then the query)
     return None
 
 

@@ -133,6 +133,7 @@ def find_run(values: list[str], weights: list[int]) -> RunFound | str | None:
         for j, (text, _, _) in enumerate(v_blocks):
             weight[text] += w
             places[text].add(j)
+    known -= {t for t in known if weight[t] == total and len(places[t]) == 1}  # static text, every time
     if len(known) < MIN_BLOCKS or len(sequences) < MIN_BLOCKS:
         return None
     for text in sorted(known, key=lambda t: -weight[t]):
@@ -477,6 +478,8 @@ def _separator(values: list[str], blocks: list[list[Block]], known: set[str]) ->
 
 def _counting(gaps: list[tuple[int, str]]) -> Examples | None:
     """One separator for gaps of the same form: constant, or with one number that counts the blocks."""
+    if len({DIGITS.sub("#", g) for _, g in gaps}) > 1:
+        return None
     runs = [list(DIGITS.finditer(g)) for _, g in gaps]
     counters = []
     for d in range(len(runs[0])):

@@ -168,7 +168,9 @@ def _message(
             message.parts.append(anchors[j])
         if region.frame is None or not region.frame.informative:
             continue
-        for height in region.frame.line_counts:
+        for height in {
+            len(region.frame.lines)
+        }:  # blocks of the usual length: their shape is known line by line
             for start, beyond in ((j, j + height), (j - height, j - height)):
                 near = anchors[max(0, start) : start + height]
                 if (

@@ -326,7 +326,7 @@ def _runs_from(v_lines: list[Line], first: str, is_frame) -> list[tuple[int, int
 
 def _glue(lines: list[list[Line]], is_frame) -> set[tuple[str, str]]:
     """Pairs of adjacent lines that belong to one block: the first is always followed by the second, or the
-    second always preceded by the first (each seen at least twice)."""
+    second always preceded by the first (seen three times at least: twice happens by chance)."""
     nexts: dict[str, set[str]] = defaultdict(set)
     prevs: dict[str, set[str]] = defaultdict(set)
     seen: Counter[str] = Counter()
@@ -342,7 +342,7 @@ def _glue(lines: list[list[Line]], is_frame) -> set[tuple[str, str]]:
         for b in following
         if a != "\0"
         and b != "\0"
-        and ((seen[a] >= 2 and len(following) == 1) or (seen[b] >= 2 and prevs[b] == {a}))
+        and ((seen[a] >= 3 and len(following) == 1) or (seen[b] >= 3 and prevs[b] == {a}))
     }
 
 

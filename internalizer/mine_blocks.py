@@ -371,8 +371,10 @@ def _period(values: list[str], pieces: list[list[tuple[int, int]]]) -> int:
     ]
     for period in (1, 2, 3, 4):
         informative = [g for g in gaps if len(g) > period]
+        if not informative:
+            break
         regular = sum(all(g[k] == g[k + period] for k in range(len(g) - period)) for g in informative)
-        if not informative or regular >= 0.8 * len(informative):
+        if regular >= 0.8 * len(informative):
             return period
     return 1
 

@@ -118,34 +118,38 @@ def find_run(values: list[str], weights: list[int]) -> RunFound | str | None:
                 best = k
         cutters, framed = [cutters[best]], framed and best == 0
     found = _cut(values, weights, lines, cutters[0])
-    blocks, known = found.blocks, found.known
-    # Frame lines (`Example 3:`, `<example>`) around the blocks are evidence enough when the pool is too
-    # large for its blocks to recur in this log: then every framed block is an example.
-    structural = framed and len(known) < MIN_BLOCKS
-    if structural:
-        known = {text for v_blocks in blocks for text, _, _ in v_blocks}
+    blocks, recurring = found.blocks, found.known
     total = sum(weights)
-    sequences: Counter[tuple[str, ...]] = Counter()
     weight: Counter[str] = Counter()
     places: dict[str, set[int]] = defaultdict(set)
     for v_blocks, w in zip(blocks, weights, strict=True):
-        sequences[tuple(t for t, _, _ in v_blocks if t in known)] += w
         for j, (text, _, _) in enumerate(v_blocks):
             weight[text] += w
             places[text].add(j)
-    known -= {t for t in known if weight[t] == total and len(places[t]) == 1}  # static text, every time
-    if len(known) < MIN_BLOCKS or len(sequences) < MIN_BLOCKS:
-        return None
-    for text in sorted(known, key=lambda t: -weight[t]):
+    recurring -= {t for t in recurring if weight[t] == total and len(places[t]) == 1}  # static, every time
+    for text in sorted(recurring, key=lambda t: -weight[t]):
         if weight[text] * 2 >= total and len(places[text]) == 1:
             return _first_line(values, text)  # static text in a fixed place, not a block drawn from a pool
-    if not structural and not _drawn(known, sequences, places, total):
+    # Frame lines (`Example 3:`, `<example>`) around the blocks are evidence enough, also when the pool is
+    # too large for its blocks to recur in this log: then every framed block is an example.
+    known = (
+        {t for v_blocks in blocks for t, _, _ in v_blocks} - (recurring ^ found.known)
+        if framed
+        else recurring
+    )
+    sequences: Counter[tuple[str, ...]] = Counter()
+    for v_blocks, w in zip(blocks, weights, strict=True):
+        sequences[tuple(t for t, _, _ in v_blocks if t in known)] += w
+    if len(known) < MIN_BLOCKS or len(sequences) < MIN_BLOCKS:
         return None
-    frame = _frame(sorted(known))
-    misfits = [t for t in known if not frame.fits(t)]
+    if not framed and not _drawn(known, sequences, places, total):
+        return None
+    seen = recurring if len(recurring) >= MIN_BLOCKS else known  # what the shape is learned from
+    frame = _frame(sorted(seen))
+    misfits = [t for t in recurring if not frame.fits(t)]
     if misfits:  # a recurring text not shaped like the blocks: another template's, mixed in this group
         return _first_line(values, max(misfits, key=lambda t: (weight[t], t)))
-    examples = _separator(values, blocks, known)
+    examples = _separator(values, blocks, seen)
     if examples is None:
         return None
     leadings = Counter(v[: b[0][1]] for v, b in zip(values, blocks, strict=True) if b and b[0][0] in known)

@@ -105,6 +105,8 @@ def find_run(values: list[str], weights: list[int]) -> RunFound | str | None:
     """
     lines = [_lines(v) for v in values]
     cutters, framed = _cutters(lines)
+    if framed:  # lines that frame every block: cut there, whatever else might explain more
+        cutters = cutters[:1]
     if len(cutters) > 1:
         step = max(1, len(values) // SAMPLE)
         sample = list(range(0, len(values), step))
@@ -116,7 +118,7 @@ def find_run(values: list[str], weights: list[int]) -> RunFound | str | None:
         for k in range(1, len(cutters)):
             if judged[k].covered > 1.1 * judged[best].covered:
                 best = k
-        cutters, framed = [cutters[best]], framed and best == 0
+        cutters = [cutters[best]]
     found = _cut(values, weights, lines, cutters[0])
     blocks, recurring = found.blocks, found.known
     total = sum(weights)

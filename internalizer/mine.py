@@ -35,7 +35,7 @@ from internalizer.mine_align import (
     align_group,
 )
 from internalizer.mine_store import known_examples, load_requests, template_rows, write_tables
-from internalizer.mine_text import Units, eligible, units_of
+from internalizer.mine_text import Units, eligible, one_word_changed, units_of
 
 MAX_DEPTH = 24  # splits below one role skeleton; each split makes a group strictly smaller
 
@@ -110,20 +110,12 @@ def _without_near_misses(
             varying = {
                 u for units in requests[i].elements for u in units or () if u not in own and eligible(u)
             }
-            near += any(key in claimed for line in varying for key in _one_word_changed(line))
+            near += any(key in claimed for line in varying for key in one_word_changed(line))
         if claimed and 2 * near >= len(sample):
             continue
         kept.append((members, outcome))
-        claimed.update(key for unit in static if eligible(unit) for key in _one_word_changed(unit))
+        claimed.update(key for unit in static if eligible(unit) for key in one_word_changed(unit))
     return kept
-
-
-def _one_word_changed(line: str) -> list[str]:
-    """Keys two lines share when they have the same words but at most one (lines of four words or more)."""
-    words = line.rstrip("\n").split(" ")
-    if len(words) < 4:
-        return []
-    return [" ".join(words[:k]) + "\0" + " ".join(words[k + 1 :]) for k in range(len(words))]
 
 
 def _units(cut: dict[str, Units], text: str) -> Units:

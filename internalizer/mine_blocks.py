@@ -22,7 +22,16 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 
 from gateway.matcher import Examples
-from internalizer.mine_text import DIGITS, LABEL, WORD_LABEL, frame_prefix, frame_suffix, normalized, shape
+from internalizer.mine_text import (
+    DIGITS,
+    LABEL,
+    WORD_LABEL,
+    frame_prefix,
+    frame_suffix,
+    normalized,
+    one_word_changed,
+    shape,
+)
 
 MIN_BLOCKS = 3  # distinct recurring blocks (and distinct sequences of them) that make a pool
 MIN_ALTERNATIVES = 5  # ... when every request carries one block: wordings of a line are not a pool
@@ -130,7 +139,7 @@ def find_run(values: list[str], weights: list[int]) -> RunFound | str | None:
             places[text].add(j)
     recurring -= {t for t in recurring if weight[t] == total and len(places[t]) == 1}  # static, every time
     for text in sorted(recurring, key=lambda t: -weight[t]):
-        if weight[text] * 2 >= total and len(places[text]) == 1:
+        if weight[text] * 2 >= total and len(places[text]) == 1 and _static_like(text, weight, places, total):
             return _first_line(values, text)  # static text in a fixed place, not a block drawn from a pool
     # Frame lines (`Example 3:`, `<example>`) around the blocks are evidence enough, also when the pool is
     # too large for its blocks to recur in this log: then every framed block is an example.
@@ -144,7 +153,7 @@ def find_run(values: list[str], weights: list[int]) -> RunFound | str | None:
         sequences[tuple(t for t, _, _ in v_blocks if t in known)] += w
     if len(known) < MIN_BLOCKS or len(sequences) < MIN_BLOCKS:
         return None
-    if not framed and not _drawn(known, sequences, places, total):
+    if not framed and not _drawn(known, sequences, places, total, len(weight)):
         return None
     seen = recurring if len(recurring) >= MIN_BLOCKS else known  # what the shape is learned from
     frame = _frame(sorted(seen))
@@ -191,16 +200,32 @@ def _run(
     return run or None
 
 
+def _static_like(text: str, weight: Counter[str], places: dict[str, set[int]], total: int) -> bool:
+    """A block most requests carry in one place is static text when nearly all carry it, or when the others
+    carry another wording of it there (one word changed): a pool's block can be that common by chance."""
+    if weight[text] >= 0.8 * total:
+        return True
+    keys = {key for line in text.split("\n") for key in one_word_changed(line)}
+    place = next(iter(places[text]))
+    return any(
+        other != text
+        and place in places[other]
+        and keys & {k for ln in other.split("\n") for k in one_word_changed(ln)}
+        for other in weight
+    )
+
+
 def _drawn(
-    known: set[str], sequences: Counter[tuple[str, ...]], places: dict[str, set[int]], total: int
+    known: set[str], sequences: Counter[tuple[str, ...]], places: dict[str, set[int]], total: int, seen: int
 ) -> bool:
     """Whether recurring blocks look drawn from a pool rather than being the fixed texts of templates mixed
     in one group: several of them, in varied sequences (none sent by half the requests), most of them met
-    at more than one place in the run; one block per request needs a wider choice instead."""
+    at more than one place in the run; one block per request needs a wider choice instead (`seen`: distinct
+    blocks, recurring or not)."""
     if 2 * sequences.most_common(1)[0][1] >= total:
         return False
     if max(len(sequence) for sequence in sequences) <= 1:
-        return len(known) >= MIN_ALTERNATIVES
+        return seen >= MIN_ALTERNATIVES
     return 2 * sum(len(places[t]) >= 2 for t in known) >= len(known)
 
 

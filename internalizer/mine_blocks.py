@@ -142,12 +142,11 @@ def find_run(values: list[str], weights: list[int]) -> RunFound | str | None:
         if weight[text] * 2 >= total and len(places[text]) == 1 and _static_like(text, weight, places, total):
             return _first_line(values, text)  # static text in a fixed place, not a block drawn from a pool
     # Frame lines (`Example 3:`, `<example>`) around the blocks are evidence enough, also when the pool is
-    # too large for its blocks to recur in this log: then every framed block is an example.
-    known = (
-        {t for v_blocks in blocks for t, _, _ in v_blocks} - (recurring ^ found.known)
-        if framed
-        else recurring
-    )
+    # too large for its blocks to recur in this log: then every framed block is an example. So is a choice
+    # of one block per request among many shaped alike that are not rewordings of each other.
+    everything = {t for v_blocks in blocks for t, _, _ in v_blocks} - (found.known - recurring)
+    framed = framed or (len(recurring) >= 2 and _alternatives(everything, blocks))
+    known = everything if framed else recurring
     sequences: Counter[tuple[str, ...]] = Counter()
     for v_blocks, w in zip(blocks, weights, strict=True):
         sequences[tuple(t for t, _, _ in v_blocks if t in known)] += w
@@ -205,14 +204,28 @@ def _static_like(text: str, weight: Counter[str], places: dict[str, set[int]], t
     carry another wording of it there (one word changed): a pool's block can be that common by chance."""
     if weight[text] >= 0.8 * total:
         return True
-    keys = {key for line in text.split("\n") for key in one_word_changed(line)}
+    keys = set(one_word_changed(text.replace("\n", " ")))
     place = next(iter(places[text]))
     return any(
-        other != text
-        and place in places[other]
-        and keys & {k for ln in other.split("\n") for k in one_word_changed(ln)}
+        other != text and place in places[other] and keys & set(one_word_changed(other.replace("\n", " ")))
         for other in weight
     )
+
+
+def _alternatives(texts: set[str], blocks: list[list[Block]]) -> bool:
+    """One block per request, chosen among at least MIN_ALTERNATIVES that share an informative shape and
+    of which no two are the same text with one word changed (wordings of one line are not a pool)."""
+    if len(texts) < MIN_ALTERNATIVES or max((len(b) for b in blocks), default=0) != 1:
+        return False
+    if not _frame(sorted(texts)).informative:
+        return False
+    keys: set[str] = set()
+    for text in texts:
+        mine = set(one_word_changed(text.replace("\n", " ")))
+        if mine & keys:
+            return False
+        keys |= mine
+    return True
 
 
 def _drawn(

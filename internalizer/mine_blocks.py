@@ -146,7 +146,11 @@ def find_run(values: list[str], weights: list[int]) -> RunFound | str | None:
     # of one block per request among many shaped alike that are not rewordings of each other.
     everything = {t for v_blocks in blocks for t, _, _ in v_blocks} - (found.known - recurring)
     framed = framed or (len(recurring) >= 2 and _alternatives(everything, blocks))
-    known = everything if framed else recurring
+    seen = recurring if len(recurring) >= MIN_BLOCKS or not framed else everything  # shape learned from
+    if not seen:
+        return None
+    frame = _frame(sorted(seen))
+    known = {t for t in everything if frame.fits(t)} | recurring if framed else recurring
     sequences: Counter[tuple[str, ...]] = Counter()
     for v_blocks, w in zip(blocks, weights, strict=True):
         sequences[tuple(t for t, _, _ in v_blocks if t in known)] += w
@@ -154,23 +158,22 @@ def find_run(values: list[str], weights: list[int]) -> RunFound | str | None:
         return None
     if not framed and not _drawn(known, sequences, places, total, len(weight)):
         return None
-    seen = recurring if len(recurring) >= MIN_BLOCKS else known  # what the shape is learned from
-    frame = _frame(sorted(seen))
     misfits = [t for t in recurring if not frame.fits(t)]
     if misfits:  # a recurring text not shaped like the blocks: another template's, mixed in this group
         return _first_line(values, max(misfits, key=lambda t: (weight[t], t)))
     examples = _separator(values, blocks, seen)
     if examples is None:
         return None
-    leadings = Counter(v[: b[0][1]] for v, b in zip(values, blocks, strict=True) if b and b[0][0] in known)
+    firsts = [next((j for j, (t, _, _) in enumerate(b) if t in known), None) for b in blocks]
+    leadings = Counter(v[: b[j][1]] for v, b, j in zip(values, blocks, firsts, strict=True) if j is not None)
     if not leadings:
         return None
     leading, n_leading = leadings.most_common(1)[0]
     if n_leading < 0.9 * sum(leadings.values()):
         return None
     runs = [
-        _run(value, v_blocks, leading, examples, frame, known)
-        for value, v_blocks in zip(values, blocks, strict=True)
+        None if j is None else _run(value, v_blocks[j:], leading, examples, frame, known)
+        for value, v_blocks, j in zip(values, blocks, firsts, strict=True)
     ]
     return RunFound(leading, examples, frame, known, runs)
 

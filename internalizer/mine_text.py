@@ -158,8 +158,8 @@ def frame_suffix(texts: Sequence[str], share: float = 0.8) -> str:
 
 
 def one_word_changed(line: str) -> list[str]:
-    """Keys two lines share when they have the same words but at most one (lines of four words or more)."""
+    """Keys two lines share when they have the same words but at most one (lines of three words or more)."""
     words = line.rstrip("\n").split(" ")
-    if len(words) < 4:
+    if len(words) < 3:
         return []
     return [" ".join(words[:k]) + "\0" + " ".join(words[k + 1 :]) for k in range(len(words))]

@@ -166,22 +166,28 @@ def _message(
         message.pool_lines |= region.pool_lines
         if j < len(anchors):
             message.parts.append(anchors[j])
-        if region.frame is None or not region.frame.informative:
-            continue
-        for height in {
-            len(region.frame.lines)
-        }:  # blocks of the usual length: their shape is known line by line
-            for start, beyond in ((j, j + height), (j - height, j - height)):
-                near = anchors[max(0, start) : start + height]
-                if (
-                    start >= 0
-                    and len(near) == height
-                    and 0 <= beyond < len(regions)
-                    and len(regions[beyond]) > 1  # text varies on the far side too
-                    and region.frame.fits("".join(near).removesuffix("\n"))
-                ):
-                    message.block_anchors |= set(near)
+        if region.frame is not None and region.frame.informative:
+            message.block_anchors |= _block_anchors(anchors, regions, j, region.frame)
     return message
+
+
+def _block_anchors(anchors: list[str], regions: list[Counter[Units]], j: int, frame: Frame) -> set[str]:
+    """Anchors next to region j (an example run) that are shaped like its blocks, with text that varies on
+    their far side: a whole block (its lines in a row), or the first line of a block after the run (its
+    last line varies: it ends the message in some requests) or the last line of one before it."""
+    height = len(frame.lines)
+    found: set[str] = set()
+    for start, beyond in ((j, j + height), (j - height, j - height)):
+        near = anchors[max(0, start) : start + height]
+        if start >= 0 and len(near) == height and 0 <= beyond < len(regions) and len(regions[beyond]) > 1:
+            if frame.fits("".join(near).removesuffix("\n")):
+                found |= set(near)
+    if j < len(anchors) and j + 1 < len(regions) and len(regions[j + 1]) > 1:
+        if frame.fits_line(anchors[j].removesuffix("\n"), 0):
+            found.add(anchors[j])
+    if j > 0 and len(regions[j - 1]) > 1 and frame.fits_line(anchors[j - 1].removesuffix("\n"), -1):
+        found.add(anchors[j - 1])
+    return found
 
 
 # ---- anchors and regions ------------------------------------------------------------------------------

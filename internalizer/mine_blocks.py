@@ -67,6 +67,11 @@ class Frame:
             lines[-1], "", self.last_suffix, False
         )
 
+    def fits_line(self, line: str, index: int) -> bool:
+        """Whether a line is shaped like line `index` of a usual block (a label of its own, not blank)."""
+        prefix, suffix, fixed = self.lines[index]
+        return not fixed and bool(prefix.strip()) and _line_fits(line, prefix, suffix, False)
+
     def input_output(self, block: str) -> tuple[str, str]:
         """The example's input and answer: its varying text without the frame."""
         lines = block.split("\n")

@@ -226,15 +226,18 @@ def _alternatives(texts: set[str], blocks: list[list[Block]]) -> bool:
     of which no two are the same text with one word changed (wordings of one line are not a pool)."""
     if len(texts) < MIN_ALTERNATIVES or max((len(b) for b in blocks), default=0) != 1:
         return False
-    if not _frame(sorted(texts)).informative:
-        return False
+    return _frame(sorted(texts)).informative and not _rewordings(texts)
+
+
+def _rewordings(texts: set[str]) -> bool:
+    """Whether two of the texts are the same but for one word (wordings of one instruction)."""
     keys: set[str] = set()
     for text in texts:
         mine = set(one_word_changed(text.replace("\n", " ")))
         if mine & keys:
-            return False
+            return True
         keys |= mine
-    return True
+    return False
 
 
 def _drawn(
@@ -247,7 +250,7 @@ def _drawn(
     if 2 * sequences.most_common(1)[0][1] >= total:
         return False
     if max(len(sequence) for sequence in sequences) <= 1:
-        return seen >= MIN_ALTERNATIVES
+        return seen >= MIN_ALTERNATIVES and not _rewordings(known)
     return 2 * sum(len(places[t]) >= 2 for t in known) >= len(known)
 
 

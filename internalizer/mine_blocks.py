@@ -109,6 +109,7 @@ class _Cut:
 
 
 SAMPLE = 400  # values a way of cutting is judged on
+SHARED = 0.8  # share of the blocks whose line starts make the frame
 
 
 def find_run(values: list[str], weights: list[int]) -> RunFound | str | None:
@@ -448,8 +449,8 @@ def _blocks(value: str, pieces: list[tuple[int, int]], period: int) -> list[tupl
 
 
 def _frame(known: list[str]) -> Frame:
-    """What the recurring blocks share, line by line (those of the most common length): the labels and
-    closing tags around the content."""
+    """What the recurring blocks share, line by line (those of the most common length): the labels (of
+    most of them: a text mixed in from another template must not hide them) and closing tags (of all)."""
     split = [k.split("\n") for k in known]
     counts = Counter(len(s) for s in split)
     usual = counts.most_common(1)[0][0]
@@ -457,13 +458,14 @@ def _frame(known: list[str]) -> Frame:
     specs = []
     for i in range(usual):
         texts = [s[i] for s in same]
-        prefix = _label_only(frame_prefix(texts, 1.0))
+        prefix = _label_only(frame_prefix(texts, SHARED))
         if all(t == texts[0] for t in texts):
             specs.append((texts[0], "", True))  # a line of the frame itself (`### Example`, `Output:`)
         else:
-            specs.append((prefix, _closing([t[len(prefix) :] for t in texts]), False))
+            specs.append((prefix, _closing([t[len(prefix) :] for t in texts if t.startswith(prefix)]), False))
     middle = _middle([s[0] for s in same]) if usual == 1 else ""
-    first, last = _label_only(frame_prefix([s[0] for s in same], 1.0)), _closing([s[-1] for s in same])
+    first = _label_only(frame_prefix([s[0] for s in same], SHARED))
+    last = _closing([s[-1] for s in same if s[0].startswith(first)])
     # Blocks of another length (a multi-line answer) belong if they open and close like the usual ones.
     heights = {len(s) for s in split if s[0].startswith(first) and s[-1].endswith(last)} | {usual}
     return Frame(frozenset(heights), tuple(specs), first, last, middle)

@@ -170,17 +170,16 @@ def find_run(values: list[str], weights: list[int]) -> RunFound | str | None:
     examples = _separator(values, blocks, seen)
     if examples is None:
         return None
-    firsts = [next((j for j, (t, _, _) in enumerate(b) if t in known), None) for b in blocks]
+    firsts = [next((j for j, (t, _, _) in enumerate(b) if t in known or frame.fits(t)), None) for b in blocks]
     leadings = Counter(v[: b[j][1]] for v, b, j in zip(values, blocks, firsts, strict=True) if j is not None)
     if not leadings:
         return None
     leading, n_leading = leadings.most_common(1)[0]
     if n_leading < 0.9 * sum(leadings.values()):
         return None
-    starts = [next((j for j, (t, _, _) in enumerate(b) if t in known or frame.fits(t)), None) for b in blocks]
     runs = [
         None if j is None else _run(value, v_blocks[j:], leading, examples, frame, known)
-        for value, v_blocks, j in zip(values, blocks, starts, strict=True)
+        for value, v_blocks, j in zip(values, blocks, firsts, strict=True)
     ]
     return RunFound(leading, examples, frame, known, runs)
 

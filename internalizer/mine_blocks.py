@@ -167,9 +167,11 @@ def find_run(values: list[str], weights: list[int]) -> RunFound | str | None:
     misfits = [t for t in recurring if not frame.fits(t)]
     if misfits:  # a recurring text not shaped like the blocks: another template's, mixed in this group
         return _first_line(values, max(misfits, key=lambda t: (weight[t], t)))
-    examples = _separator(values, blocks, seen)
+    examples = _separator(values, blocks, seen) or _separator(values, blocks, known)
     if examples is None:
-        return None
+        if max(len(b) for b in blocks) > 1:
+            return None
+        examples = Examples("\n\n")  # one block per request: no separator to learn, none to match
     firsts = [next((j for j, (t, _, _) in enumerate(b) if t in known or frame.fits(t)), None) for b in blocks]
     leadings = Counter(v[: b[j][1]] for v, b, j in zip(values, blocks, firsts, strict=True) if j is not None)
     if not leadings:
@@ -527,7 +529,7 @@ def _separator(values: list[str], blocks: list[list[Block]], known: set[str]) ->
             if v_blocks[j - 1][0] in known and v_blocks[j][0] in known:
                 gaps.append((j, value[v_blocks[j - 1][2] : v_blocks[j][1]]))
     if not gaps:
-        return Examples("\n\n")
+        return None
     forms = Counter(DIGITS.sub("#", g) for _, g in gaps)
     form, n = forms.most_common(1)[0]
     if n < 0.9 * len(gaps):

@@ -35,7 +35,7 @@ from internalizer.mine_align import (
     align_group,
 )
 from internalizer.mine_store import known_examples, load_requests, template_rows, write_tables
-from internalizer.mine_text import Units, eligible, one_word_changed, units_of
+from internalizer.mine_text import Units, eligible, normalized, one_word_changed, units_of
 
 MAX_DEPTH = 24  # splits below one role skeleton; each split makes a group strictly smaller
 
@@ -104,11 +104,15 @@ def _without_near_misses(
         own = static | {unit for _, unit in outcome.pool_units}
         for block in template.inline_pool:
             own.update(line + end for line in block.split("\n") for end in ("\n", ""))
+        numbered = {normalized(unit) for unit in static}  # `## Example 3` comes from `## Example 1`
         sample = members[:200]
         near = 0
         for i in sample:
             varying = {
-                u for units in requests[i].elements for u in units or () if u not in own and eligible(u)
+                u
+                for units in requests[i].elements
+                for u in units or ()
+                if u not in own and eligible(u) and normalized(u) not in numbered
             }
             near += any(key in claimed for line in varying for key in one_word_changed(line))
         if claimed and 2 * near >= len(sample):

@@ -206,9 +206,9 @@ def _anchors(texts: Counter[Units | None], n: int, banned: set[str]) -> list[str
             if DIGITS.search(unit):
                 forms[normalized(unit)].append(unit)
         numbered.update({form: weight for form, found in forms.items() if repeats_as_frame(found)})
-    # `Example 1:` ... `Example 5:` each once in every request still frame a run of examples: not anchors
+    # `Example 1:` once in every request, `Example 2:`... in some (a fifth at least): a run of examples
     candidates = {
-        u for u, k in once.items() if k == n and 2 * numbered[normalized(u)] < n and u not in banned
+        u for u, k in once.items() if k == n and 5 * numbered[normalized(u)] < n and u not in banned
     }
     if not candidates:
         return []

@@ -264,6 +264,10 @@ def _run_region(
         for text, run, w in zip(texts, found.runs, weights, strict=True)
         if run and run[-1][0] in found.known
     ]
+    if not clean:  # no run ends with a block seen twice (a large pool): take every run as it is
+        clean = [
+            (text[run[-1][1] :], w) for text, run, w in zip(texts, found.runs, weights, strict=True) if run
+        ]
     if not clean:
         raise _Split(None)
     tails = Counter()

@@ -38,6 +38,7 @@ from internalizer.mine_store import known_examples, load_requests, template_rows
 from internalizer.mine_text import Units, eligible, normalized, one_word_changed, units_of
 
 MAX_DEPTH = 24  # splits below one role skeleton; each split makes a group strictly smaller
+SAMPLE = 600  # requests of a group its template is learned from
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,10 @@ class _Grouper:
     def _mine(self, skeleton: tuple[str, ...], members: list[int], found: list, depth: int) -> None:
         if len(members) < self.config.min_support:
             return
-        outcome = align_group(skeleton, [self.requests[i] for i in members], self.align, self.never_key)
+        # A template is learned from an even sample of a large group; the matcher then runs over all of it.
+        step = -(-len(members) // SAMPLE)
+        sample = [self.requests[i] for i in members[::step]]
+        outcome = align_group(skeleton, sample, self.align, self.never_key)
         if outcome.template is not None:
             found.append((members, outcome))
             return

@@ -195,21 +195,28 @@ def _block_anchors(anchors: list[str], regions: list[Counter[Units]], j: int, fr
 
 def _anchors(texts: Counter[Units | None], n: int, banned: set[str]) -> list[str]:
     """Units found exactly once in every request, at the same rank among such units in every request."""
+    possible = {u for u in next(iter(texts)) or () if u.strip() and u not in banned}  # in the first text
     once: Counter[str] = Counter()
-    numbered: Counter[str] = Counter()
     for units, weight in texts.items():
-        for unit, k in Counter(units).items():
-            if k == 1 and unit.strip():
-                once[unit] += weight
-        forms: dict[str, list[str]] = defaultdict(list)
+        seen: dict[str, int] = {}
         for unit in units or ():
-            if DIGITS.search(unit):
-                forms[normalized(unit)].append(unit)
-        numbered.update({form: weight for form, found in forms.items() if repeats_as_frame(found)})
+            if unit in possible:
+                seen[unit] = seen.get(unit, 0) + 1
+        for unit, k in seen.items():
+            if k == 1:
+                once[unit] += weight
+    candidates = {u for u, k in once.items() if k == n}
     # `Example 1:` once in every request, `Example 2:`... in some (a fifth at least): a run of examples
-    candidates = {
-        u for u, k in once.items() if k == n and 5 * numbered[normalized(u)] < n and u not in banned
-    }
+    forms = {normalized(u) for u in candidates if DIGITS.search(u)}
+    if forms:
+        numbered: Counter[str] = Counter()
+        for units, weight in texts.items():
+            found: dict[str, list[str]] = defaultdict(list)
+            for unit in units or ():
+                if normalized(unit) in forms:
+                    found[normalized(unit)].append(unit)
+            numbered.update({form: weight for form, lines in found.items() if repeats_as_frame(lines)})
+        candidates = {u for u in candidates if 5 * numbered[normalized(u)] < n}
     if not candidates:
         return []
     rank: dict[str, int] = {}

@@ -119,12 +119,11 @@ def find_run(values: list[str], weights: list[int]) -> RunFound | str | None:
     in a fixed place that only most requests have: splitting the group on that line separates them.
     """
     lines = [_lines(v) for v in values]
-    cutters, framed = _cutters(lines)
+    sample = list(range(0, len(values), max(1, len(values) // SAMPLE)))  # what the way to cut is learned on
+    cutters, framed = _cutters([lines[i] for i in sample])
     if framed:  # lines that frame every block: cut there, whatever else might explain more
         cutters = cutters[:1]
     if len(cutters) > 1:
-        step = max(1, len(values) // SAMPLE)
-        sample = list(range(0, len(values), step))
         judged = [
             _cut([values[i] for i in sample], [weights[i] for i in sample], [lines[i] for i in sample], cut)
             for cut in cutters

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator, Sequence
+from functools import lru_cache
 
 from gateway.matcher import Part, Slot
 
@@ -39,16 +40,22 @@ def units_of(text: str) -> Units:
     return tuple(line + "\n" for line in lines[:-1]) + ((lines[-1],) if lines[-1] else ())
 
 
+CACHE = 1 << 18  # distinct lines whose per-line facts are remembered: pool lines recur across requests
+
+
+@lru_cache(maxsize=CACHE)
 def eligible(unit: str) -> bool:
     """Units that may key a group: real text, not blank lines or lone punctuation shared by everything."""
     return THREE_LETTERS.search(unit) is not None
 
 
+@lru_cache(maxsize=CACHE)
 def normalized(unit: str) -> str:
     """A unit with its numbers blanked: `Example 3:` and `Example 4:` are the same frame line."""
     return DIGITS.sub("#", unit.strip())
 
 
+@lru_cache(maxsize=CACHE)
 def shape(unit: str) -> str:
     """Leading punctuation and first word of a line (`Q`, `<input`, `{"input`): what repeated blocks share."""
     return SHAPE.match(unit).group()  # type: ignore[union-attr]
@@ -157,9 +164,10 @@ def frame_suffix(texts: Sequence[str], share: float = 0.8) -> str:
     return suffix
 
 
-def one_word_changed(line: str) -> list[str]:
+@lru_cache(maxsize=CACHE)
+def one_word_changed(line: str) -> tuple[str, ...]:
     """Keys two lines share when they have the same words but at most one (lines of three words or more)."""
     words = line.rstrip("\n").split(" ")
     if len(words) < 3:
-        return []
-    return [" ".join(words[:k]) + "\0" + " ".join(words[k + 1 :]) for k in range(len(words))]
+        return ()
+    return tuple(" ".join(words[:k]) + "\0" + " ".join(words[k + 1 :]) for k in range(len(words)))

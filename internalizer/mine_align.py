@@ -196,14 +196,16 @@ def _block_anchors(anchors: list[str], regions: list[Counter[Units]], j: int, fr
 def _anchors(texts: Counter[Units | None], n: int, banned: set[str]) -> list[str]:
     """Units found exactly once in every request, at the same rank among such units in every request."""
     possible = {u for u in next(iter(texts)) or () if u.strip() and u not in banned}  # in the first text
+    lines = {u.rstrip("\n") for u in possible}
     once: Counter[str] = Counter()
     for units, weight in texts.items():
         seen: dict[str, int] = {}
         for unit in units or ():
-            if unit in possible:
-                seen[unit] = seen.get(unit, 0) + 1
-        for unit, k in seen.items():
-            if k == 1:
+            line = unit.rstrip("\n")  # `</example>` ends the message in some requests, a line in others
+            if line in lines:
+                seen[line] = seen.get(line, 0) + 1
+        for unit in units or ():
+            if unit in possible and seen[unit.rstrip("\n")] == 1:
                 once[unit] += weight
     candidates = {u for u, k in once.items() if k == n}
     # `Example 1:` once in every request, `Example 2:`... in some (a fifth at least): a run of examples

@@ -166,7 +166,10 @@ def find_run(values: list[str], weights: list[int]) -> RunFound | str | None:
     misfits = [t for t in recurring if not frame.fits(t)]
     if misfits:  # a recurring text not shaped like the blocks: another template's, mixed in this group
         return _first_line(values, max(misfits, key=lambda t: (weight[t], t)))
-    examples = _separator(values, blocks, seen) or _separator(values, blocks, known)
+    # From consecutive recurring blocks; from all of them when only those show the number counting up.
+    candidates = [_separator(values, blocks, seen), _separator(values, blocks, known)]
+    examples = next((e for e in candidates if e is not None and e.number is not None), None)
+    examples = examples or candidates[0] or candidates[1]
     if examples is None:
         if max(len(b) for b in blocks) > 1:
             return None

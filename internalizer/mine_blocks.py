@@ -143,9 +143,9 @@ def find_run(values: list[str], weights: list[int]) -> RunFound | str | None:
             weight[text] += w
             places[text].add(j)
     recurring -= {t for t in recurring if weight[t] == total and len(places[t]) == 1}  # static, every time
-    for text in sorted(recurring, key=lambda t: -weight[t]):
-        if weight[text] * 2 >= total and len(places[text]) == 1 and _static_like(text, weight, places, total):
-            return _first_line(values, text)  # static text in a fixed place, not a block drawn from a pool
+    fixed = _static_place(recurring, weight, places, total)
+    if fixed is not None:
+        return _first_line(values, fixed)  # static text in a fixed place, not a block drawn from a pool
     # Frame lines (`Example 3:`, `<example>`) around the blocks are evidence enough, also when the pool is
     # too large for its blocks to recur in this log: then every framed block is an example. So is a choice
     # of one block per request among many shaped alike that are not rewordings of each other.
@@ -212,17 +212,23 @@ def _run(
     return run or None
 
 
-def _static_like(text: str, weight: Counter[str], places: dict[str, set[int]], total: int) -> bool:
-    """A block most requests carry in one place is static text when nearly all carry it, or when the others
-    carry another wording of it there (one word changed): a pool's block can be that common by chance."""
-    if weight[text] >= 0.8 * total:
-        return True
-    keys = set(one_word_changed(text.replace("\n", " ")))
-    place = next(iter(places[text]))
-    return any(
-        other != text and place in places[other] and keys & set(one_word_changed(other.replace("\n", " ")))
-        for other in weight
-    )
+def _static_place(
+    recurring: set[str], weight: Counter[str], places: dict[str, set[int]], total: int
+) -> str | None:
+    """The heaviest of the blocks found in one place only, when those of one place are in most requests and
+    one is in nearly all, or two are wordings of one text (one word changed): static text, not examples.
+    (A pool's block may be that common by chance, but not alongside its own rewording.)"""
+    by_place: dict[int, list[str]] = defaultdict(list)
+    for text in recurring:
+        if len(places[text]) == 1:
+            by_place[next(iter(places[text]))].append(text)
+    for texts in by_place.values():
+        heaviest = max(texts, key=lambda t: (weight[t], t))
+        if 2 * sum(weight[t] for t in texts) >= total and (
+            weight[heaviest] >= 0.8 * total or _rewordings(set(texts))
+        ):
+            return heaviest
+    return None
 
 
 def _alternatives(texts: set[str], blocks: list[list[Block]]) -> bool:

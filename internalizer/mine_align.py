@@ -158,16 +158,26 @@ def _message(
     `block_anchors` when it is shaped like the blocks of an example run next to it and text varies on both
     of its sides (a fixed first example has static text on one side, and stays static)."""
     regions = _regions(texts, anchors)
-    found = [_region(region, slot_numbers, config) for region in regions]
+    found: list[_Region | _Split] = []
+    for region in regions:
+        try:
+            found.append(_region(region, slot_numbers, config))
+        except _Split as split:
+            found.append(split)
     message = _Region([])
     for j, region in enumerate(found):
+        if isinstance(region, _Region) and region.frame is not None and region.frame.informative:
+            message.block_anchors |= _block_anchors(anchors, regions, j, region.frame)
+    if message.block_anchors:
+        return message  # align again without them first: that may also explain a region that failed
+    for j, region in enumerate(found):
+        if isinstance(region, _Split):
+            raise region
         message.parts += region.parts
         message.blocks.update(region.blocks)
         message.pool_lines |= region.pool_lines
         if j < len(anchors):
             message.parts.append(anchors[j])
-        if region.frame is not None and region.frame.informative:
-            message.block_anchors |= _block_anchors(anchors, regions, j, region.frame)
     return message
 
 

@@ -34,7 +34,7 @@ from internalizer.mine_text import (
 )
 
 MIN_BLOCKS = 3  # distinct recurring blocks (and distinct sequences of them) that make a pool
-MIN_ALTERNATIVES = 5  # ... when every request carries one block: wordings of a line are not a pool
+MIN_ALTERNATIVES = 3  # ... when every request carries one block (and none is a rewording of another)
 TOKENS = re.compile(r"\w+|[^\w]+")
 
 
@@ -240,10 +240,18 @@ def _alternatives(texts: set[str], blocks: list[list[Block]]) -> bool:
 
 
 def _rewordings(texts: set[str]) -> bool:
-    """Whether two of the texts are the same but for one word (wordings of one instruction)."""
+    """Whether two of the texts are the same but for one word, or two in a text of six words or more:
+    wordings of one instruction (each a word away from a third one), not examples."""
     keys: set[str] = set()
     for text in texts:
-        mine = set(one_word_changed(text.replace("\n", " ")))
+        words = text.replace("\n", " ").split(" ")
+        mine = set(one_word_changed(" ".join(words)))
+        if len(words) >= 6:
+            mine |= {
+                " ".join(words[:i]) + "\0" + " ".join(words[i + 1 : j]) + "\0" + " ".join(words[j + 1 :])
+                for i in range(len(words))
+                for j in range(i + 1, len(words))
+            }
         if mine & keys:
             return True
         keys |= mine

@@ -94,6 +94,7 @@ class BlockFormat:
     query: Callable[[str], str]
     sep: str
     turn_prefix: str  # what starts a user turn when examples are chat turns (`Q: `), maybe ""
+    escape: Callable[[str], str] = lambda text: text  # how a query is written in this style (JSON strings)
 
 
 def random_format(rng: random.Random) -> BlockFormat:
@@ -135,6 +136,7 @@ def random_format(rng: random.Random) -> BlockFormat:
             lambda q: json.dumps({k1: q})[:-1] + f', "{k2}": ',
             "\n",
             "",
+            lambda q: json.dumps(q)[1:-1],
         )
     if kind == "numbered":
         head = rng.choice(["Example", "Sample", title(rng)])
@@ -233,6 +235,10 @@ class App:
         persona = [{"role": "system", "content": self.persona}] if self.persona else []
         return persona + [{"role": "user", "content": body}]
 
+    def as_sent(self, query: str) -> str:
+        """The query as the prompt carries it (escaped inside a JSON string): what mining should extract."""
+        return query if self.placement == "turns" else self.fmt.escape(query)
+
     def near_miss(self, rng: random.Random, vocabulary: Sequence[str] = OTHER_WORDS) -> list[str]:
         """The instructions with one word changed: not this template."""
         lines = list(self.instructions)
@@ -328,7 +334,7 @@ def _distinct_pairs(rng: random.Random, pairs: Callable[[random.Random], Pair], 
 class Request:
     messages: Messages
     label: str | None  # the app (and version) it belongs to; None for one-offs and near-misses
-    query: str | None
+    query: str | None  # as the prompt carries it
     shots: tuple[int, ...] = ()
     kind: str = "template"  # "template", "one-off" or "near-miss"
 
@@ -349,18 +355,19 @@ def second_value(rng: random.Random) -> str:
     return "\n".join(sentence(rng, 4, 9) for _ in range(rng.randint(1, 3)))
 
 
-def request_of(app: App, rng: random.Random, query: str | None = None) -> Request:
-    query = query if query is not None else query_text(rng)
+def request_of(app: App, rng: random.Random, query: Callable[[random.Random], str] = query_text) -> Request:
+    text = query(rng)
     shots = app.draw(rng)
     second = second_value(rng) if app.second_slot else ""
-    return Request(app.render(query, shots, second), app.label, query, tuple(shots))
+    return Request(app.render(text, shots, second), app.label, app.as_sent(text), tuple(shots))
 
 
-def near_miss_of(app: App, rng: random.Random) -> Request:
-    request = request_of(app, rng)
+def near_miss_of(app: App, rng: random.Random, query: Callable[[random.Random], str] = query_text) -> Request:
+    text = query(rng)
+    shots = app.draw(rng)
     second = second_value(rng) if app.second_slot else ""
-    messages = app.render(request.query or "", request.shots, second, app.near_miss(rng))
-    return Request(messages, None, None, request.shots, "near-miss")
+    messages = app.render(text, shots, second, app.near_miss(rng))
+    return Request(messages, None, None, tuple(shots), "near-miss")
 
 
 def traffic(
@@ -370,6 +377,7 @@ def traffic(
     n_one_offs: int,
     n_near_misses: int,
     reworded: App | None = None,
+    query: Callable[[random.Random], str] = query_text,
 ) -> list[Request]:
     """Requests of every app (counts[i] for apps[i]) interleaved with one-offs and near-misses, in random
     order. If `reworded` is given (v2 of apps[0]), the second half of apps[0]'s requests is sent with v2's
@@ -382,10 +390,10 @@ def traffic(
         if kind == "one-off":
             out.append(Request(one_off(rng), None, None, (), "one-off"))
         elif kind == "near-miss":
-            out.append(near_miss_of(apps[i], rng))
+            out.append(near_miss_of(apps[i], rng, query))
         elif i == 0 and reworded is not None:
-            out.append(request_of(reworded if sent_first >= counts[0] // 2 else apps[0], rng))
+            out.append(request_of(reworded if sent_first >= counts[0] // 2 else apps[0], rng, query))
             sent_first += 1
         else:
-            out.append(request_of(apps[i], rng))
+            out.append(request_of(apps[i], rng, query))
     return out

@@ -66,21 +66,18 @@ def candidate_templates(shapes: list[Shape], config: MineConfig) -> list[MinedTe
     requests: list[GroupRequest] = []
     by_skeleton: dict[tuple[str, ...], list[int]] = defaultdict(list)
     for index, shape in enumerate(shapes):
-        elements = [
-            None if text is None else cut.get(text) or cut.setdefault(text, units_of(text))
-            for text in shape.texts
-        ]
+        elements = [None if text is None else _units(cut, text) for text in shape.texts]
         requests.append(GroupRequest(elements, shape.pairs))
         by_skeleton[shape.skeleton].append(index)
-    grouper = _Grouper(requests, config)
+    grouper = _Grouper(shapes, requests, config)
     found = _without_near_misses(grouper.run(by_skeleton), requests)
     pool: Counter[tuple[int, str]] = Counter()
     for _, outcome in found:
         pool.update(outcome.pool_units)
+    # A block of one template's pool anchored another template: mine that skeleton again, pool lines never
+    # keying a group nor anchoring a template.
     redo = {shapes[members[0]].skeleton for members, outcome in found if outcome.anchors & pool.keys()}
-    if (
-        redo
-    ):  # a pool block anchored a template: mine its skeleton again, never keyed or anchored by pool lines
+    if redo:
         grouper.never_key = frozenset(pool)
         again = _without_near_misses(grouper.run({s: by_skeleton[s] for s in redo}), requests)
         found = [f for f in found if shapes[f[0][0]].skeleton not in redo] + again
@@ -124,6 +121,7 @@ def _without_near_misses(
 
 
 def _units(cut: dict[str, Units], text: str) -> Units:
+    """Each distinct message text is cut once: a system prompt sent 10,000 times costs one cut."""
     units = cut.get(text)
     if units is None:
         units = cut[text] = units_of(text)
@@ -131,7 +129,10 @@ def _units(cut: dict[str, Units], text: str) -> Units:
 
 
 class _Grouper:
-    def __init__(self, requests: list[GroupRequest], config: MineConfig) -> None:
+    """Top-down grouping (step 2): align a group, keep its template or split it, recurse."""
+
+    def __init__(self, shapes: list[Shape], requests: list[GroupRequest], config: MineConfig) -> None:
+        self.shapes = shapes
         self.requests = requests
         self.config = config
         self.align = AlignConfig(config.min_support, config.min_static_chars, config.max_conversation_share)
@@ -151,6 +152,8 @@ class _Grouper:
         sample = [self.requests[i] for i in members[::step]]
         outcome = align_group(skeleton, sample, self.align, self.never_key)
         if outcome.template is not None:
+            if step > 1:
+                self._complete_pool(skeleton, outcome.template, members, sample)
             found.append((members, outcome))
             return
         if depth >= MAX_DEPTH:
@@ -158,6 +161,33 @@ class _Grouper:
         for part in self._split(members, outcome):
             if len(part) < len(members):
                 self._mine(skeleton, part, found, depth + 1)
+
+    def _complete_pool(
+        self, skeleton: tuple[str, ...], mined: MinedTemplate, members: list[int], sample: list[GroupRequest]
+    ) -> None:
+        """Examples of the group that the sample did not show join the pool: the requests the template does
+        not match are aligned again (with some of the sample), and if that gives the same template, its
+        pool is merged in."""
+        matcher = Matcher([mined.template])
+        missed = [i for i in members if matcher.match_shape(self.shapes[i]) is None]
+        if len(missed) < self.config.min_support:
+            return
+        again = align_group(
+            skeleton,
+            [self.requests[i] for i in missed[:SAMPLE]] + sample[:SAMPLE],
+            self.align,
+            self.never_key,
+        )
+        if again.template is not None and again.template.template.id == mined.template.id:
+            old, new = mined.template, again.template.template
+            mined.template = Template(
+                old.id,
+                old.messages,
+                old.name,
+                {**new.inline_pool, **old.inline_pool},
+                {**new.turn_pool, **old.turn_pool},
+            )
+            mined.examples.update(again.template.examples)
 
     def _split(self, members: list[int], outcome: Outcome) -> list[list[int]]:
         """On the hint when there is one; else by each request's most common unit that does not key the
@@ -194,7 +224,7 @@ class _Grouper:
         return list(parts.values())
 
 
-# ---- step 4: assign, count, write ------------------------------------------------------------------------
+# ---- step 3: assign, count, write ------------------------------------------------------------------------
 
 
 def mine(

@@ -29,7 +29,9 @@ from gateway.matcher import (
     turn_raw,
 )
 from gateway.request_shape import TURNS_ROLE
-from internalizer.mine_blocks import Frame, RunFound, find_run, fixed_run, repeats_as_frame
+from internalizer.mine_blocks import RunFound, find_run, fixed_run
+from internalizer.mine_cut import repeats_as_frame
+from internalizer.mine_frame import Frame
 from internalizer.mine_text import DIGITS, Units, align_slots, eligible, normalized
 
 QUERY_LABELS = {"question", "query", "q", "input", "request", "task", "user", "instruction", "prompt", "text"}

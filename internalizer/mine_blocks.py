@@ -17,74 +17,16 @@ same start and end of each line).
 
 from __future__ import annotations
 
-import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 
 from gateway.matcher import Examples
-from internalizer.mine_text import (
-    DIGITS,
-    LABEL,
-    WORD_LABEL,
-    frame_prefix,
-    frame_suffix,
-    normalized,
-    one_word_changed,
-    shape,
-)
+from internalizer.mine_cut import Line, blocks_of, lines_of, period_of, runs_between, runs_from, ways_to_cut
+from internalizer.mine_frame import Block, Frame, counting, frame_of, separator
+from internalizer.mine_text import normalized, one_word_changed, shape
 
 MIN_BLOCKS = 3  # distinct recurring blocks (and distinct sequences of them) that make a pool
 MIN_ALTERNATIVES = 3  # ... when every request carries one block (and none is a rewording of another)
-TOKENS = re.compile(r"\w+|[^\w]+")
-
-
-@dataclass(frozen=True)
-class Frame:
-    """The shape of a pool's blocks: a block seen once is accepted only if it has it."""
-
-    line_counts: frozenset[int]
-    lines: tuple[
-        tuple[str, str, bool], ...
-    ]  # per line of a usual-length block: prefix, suffix, whole line fixed
-    first_prefix: str
-    last_suffix: str
-    middle: str  # text in the middle of every one-line block (`", "output": "`), or ""
-
-    @property
-    def informative(self) -> bool:
-        """Whether the blocks share enough (a label, a middle, a frame line) to tell a block from text."""
-        return bool(self.first_prefix.strip() or self.middle or any(fixed for _, _, fixed in self.lines))
-
-    def fits(self, block: str) -> bool:
-        lines = block.split("\n")
-        if len(lines) not in self.line_counts:
-            return False
-        if self.middle and len(lines) == 1 and block.count(self.middle) != 1:
-            return False
-        if len(lines) == len(self.lines):
-            return all(_line_fits(line, *spec) for line, spec in zip(lines, self.lines, strict=True))
-        return _line_fits(lines[0], self.first_prefix, "", False) and _line_fits(
-            lines[-1], "", self.last_suffix, False
-        )
-
-    def fits_line(self, line: str, index: int) -> bool:
-        """Whether a line is shaped like line `index` of a usual block (a label of its own, not blank)."""
-        prefix, suffix, fixed = self.lines[index]
-        return not fixed and bool(prefix.strip()) and _line_fits(line, prefix, suffix, False)
-
-    def input_output(self, block: str) -> tuple[str, str]:
-        """The example's input and answer: its varying text without the frame."""
-        lines = block.split("\n")
-        specs = (
-            self.lines if len(lines) == len(self.lines) else ((self.first_prefix, "", False),) * len(lines)
-        )
-        texts = [_strip(line, p, s) for line, (p, s, fixed) in zip(lines, specs, strict=True) if not fixed]
-        if len(texts) == 1:
-            if self.middle and texts[0].count(self.middle) == 1:
-                left, right = texts[0].split(self.middle)
-                return left.strip(), right.strip()
-            return texts[0].strip(), ""
-        return "\n".join(texts[:-1]).strip(), texts[-1].strip() if texts else ""
 
 
 @dataclass
@@ -105,11 +47,12 @@ class _Cut:
 
     blocks: list[list[Block]]
     known: set[str]
-    covered: int  # characters of the values inside recurring blocks: how much the cut explains
+    # How well the cut explains the region: characters of the values inside recurring blocks, less the
+    # characters of the pool those blocks make (a pool of every combination of examples explains nothing).
+    score: int
 
 
 SAMPLE = 400  # values a way of cutting is judged on
-SHARED = 0.8  # share of the blocks whose line starts make the frame
 
 
 def find_run(values: list[str], weights: list[int]) -> RunFound | str | None:
@@ -118,9 +61,9 @@ def find_run(values: list[str], weights: list[int]) -> RunFound | str | None:
     None when the region holds no pool of blocks; a line (str) when it looks like a run with a static block
     in a fixed place that only most requests have: splitting the group on that line separates them.
     """
-    lines = [_lines(v) for v in values]
+    lines = [lines_of(v) for v in values]
     sample = list(range(0, len(values), max(1, len(values) // SAMPLE)))  # what the way to cut is learned on
-    cutters, framed = _cutters([lines[i] for i in sample])
+    cutters, framed = ways_to_cut([lines[i] for i in sample])
     if framed:  # lines that frame every block: cut there, whatever else might explain more
         cutters = cutters[:1]
     if len(cutters) > 1:
@@ -128,9 +71,9 @@ def find_run(values: list[str], weights: list[int]) -> RunFound | str | None:
             _cut([values[i] for i in sample], [weights[i] for i in sample], [lines[i] for i in sample], cut)
             for cut in cutters
         ]
-        best = 0  # a finer way of cutting must explain clearly more than a coarser one
+        best = 0  # a finer way of cutting must explain clearly better than a coarser one
         for k in range(1, len(cutters)):
-            if judged[k].covered > 1.1 * judged[best].covered:
+            if judged[k].score > judged[best].score + 0.1 * abs(judged[best].score):
                 best = k
         cutters = [cutters[best]]
     found = _cut(values, weights, lines, cutters[0])
@@ -154,7 +97,7 @@ def find_run(values: list[str], weights: list[int]) -> RunFound | str | None:
     seen = recurring if len(recurring) >= MIN_BLOCKS or not framed else everything  # shape learned from
     if not seen:
         return None
-    frame = _frame(sorted(seen))
+    frame = frame_of(sorted(seen))
     known = {t for t in everything if frame.fits(t)} | recurring if framed else recurring
     sequences: Counter[tuple[str, ...]] = Counter()
     for v_blocks, w in zip(blocks, weights, strict=True):
@@ -167,7 +110,7 @@ def find_run(values: list[str], weights: list[int]) -> RunFound | str | None:
     if misfits:  # a recurring text not shaped like the blocks: another template's, mixed in this group
         return _first_line(values, max(misfits, key=lambda t: (weight[t], t)))
     # From consecutive recurring blocks; from all of them when only those show the number counting up.
-    candidates = [_separator(values, blocks, seen), _separator(values, blocks, known)]
+    candidates = [separator(values, blocks, seen), separator(values, blocks, known)]
     examples = next((e for e in candidates if e is not None and e.number is not None), None)
     examples = examples or candidates[0] or candidates[1]
     if examples is None:
@@ -236,7 +179,7 @@ def _alternatives(texts: set[str], blocks: list[list[Block]]) -> bool:
     of which no two are the same text with one word changed (wordings of one line are not a pool)."""
     if len(texts) < MIN_ALTERNATIVES or max((len(b) for b in blocks), default=0) != 1:
         return False
-    return _frame(sorted(texts)).informative and not _rewordings(texts)
+    return frame_of(sorted(texts)).informative and not _rewordings(texts)
 
 
 def _rewordings(texts: set[str]) -> bool:
@@ -275,8 +218,8 @@ def _drawn(
 def _cut(values: list[str], weights: list[int], lines: list[list[Line]], cutter) -> _Cut:
     """Blocks of every value under one way of cutting; a block is known when two requests carry it."""
     pieces = [cutter(v_lines) for v_lines in lines]
-    period = _period(values, pieces)
-    blocks = [_blocks(v, p, period) for v, p in zip(values, pieces, strict=True)]
+    period = period_of(values, pieces)
+    blocks = [blocks_of(v, p, period) for v, p in zip(values, pieces, strict=True)]
     count: Counter[str] = Counter()
     nonfinal: Counter[str] = Counter()
     for v_blocks, weight in zip(blocks, weights, strict=True):
@@ -289,290 +232,7 @@ def _cut(values: list[str], weights: list[int], lines: list[list[Line]], cutter)
     query_last = max((len(b) for b in blocks), default=0) > 1 and 2 * unique_last >= sum(weights)
     known = {t for t, n in count.items() if n >= 2 and (nonfinal[t] or not query_last)}
     covered = sum(len(t) for b in blocks for t, _, _ in b if t in known)
-    return _Cut(blocks, known, covered)
-
-
-# ---- cutting a region into pieces ---------------------------------------------------------------------
-
-Line = tuple[str, int, int]  # text without newline, start offset, end offset (newline excluded)
-Block = tuple[str, int, int]  # text, start offset, end offset
-
-
-def _lines(text: str) -> list[Line]:
-    out, start = [], 0
-    for line in text.split("\n"):
-        out.append((line, start, start + len(line)))
-        start += len(line) + 1
-    return out
-
-
-def _cutters(lines: list[list[Line]]) -> tuple[list, bool]:
-    """Ways to cut this region's values into pieces (see the module doc), the first one by frame and blank
-    lines only, and whether there are frame lines (a line that comes back in one request, digits ignored,
-    always ends a piece). The data then picks one way."""
-    contains: Counter[str] = Counter()
-    repeated: Counter[str] = Counter()
-    for v_lines in lines:
-        forms: dict[str, list[str]] = defaultdict(list)
-        for text, _, _ in v_lines:
-            if text.strip():
-                forms[normalized(text)].append(text)
-        contains.update(forms.keys())
-        repeated.update(form for form, texts in forms.items() if repeats_as_frame(texts))
-    # In most requests, and several times in a good share of them: the frame around every block. (Content
-    # lines come back in one request only by chance: two examples that differ only in their numbers.)
-    frame_lines = {
-        n
-        for n, k in repeated.items()
-        if k >= 2 and k >= 0.3 * contains[n] and contains[n] >= 0.8 * len(lines)
-    }
-
-    def is_frame(text: str) -> bool:
-        return normalized(text) in frame_lines
-
-    cutters: list = [lambda v_lines: _runs_between(v_lines, is_frame)]
-    starts: Counter[str] = Counter()
-    for v_lines in lines:
-        shapes = Counter(shape(t) for t, _, _ in v_lines if t.strip() and not is_frame(t))
-        starts.update(k for k, n in shapes.items() if n >= 2)  # a shape that starts several lines
-    for first, n in starts.most_common(2):
-        if first.strip() and n >= 2:
-            cutters.append(lambda v_lines, first=first: _runs_from(v_lines, first, is_frame))
-    glued = _glue(lines, is_frame)
-    cutters.append(lambda v_lines: _glued_lines(v_lines, glued, is_frame))
-    return cutters, bool(frame_lines)
-
-
-def repeats_as_frame(texts: list[str]) -> bool:
-    """Lines of one form that frame blocks: the same line again, or a number counting up (`Example 1:`,
-    `Example 2:`); not two lines that merely differ in their numbers (`list 3 files`, `list 7 files`)."""
-    if len(texts) < 2:
-        return False
-    if len(set(texts)) == 1:
-        return True
-    numbers = [[int(d) for d in DIGITS.findall(t)] for t in texts]
-    return any(all(n[d] == numbers[0][d] + i for i, n in enumerate(numbers)) for d in range(len(numbers[0])))
-
-
-def _blank_between(v_lines: list[Line]) -> bool:
-    texts = [t for t, _, _ in v_lines]
-    filled = [i for i, t in enumerate(texts) if t.strip()]
-    return bool(filled) and any(not texts[i].strip() for i in range(filled[0], filled[-1]))
-
-
-def _runs_between(v_lines: list[Line], is_frame) -> list[tuple[int, int]]:
-    """Maximal runs of non-blank lines that are not frame lines."""
-    pieces: list[tuple[int, int]] = []
-    start = end = None
-    for text, s, e in v_lines:
-        if not text.strip() or is_frame(text):
-            if start is not None:
-                pieces.append((start, end))  # type: ignore[arg-type]
-                start = None
-            continue
-        if start is None:
-            start = s
-        end = e
-    if start is not None:
-        pieces.append((start, end))  # type: ignore[arg-type]
-    return pieces
-
-
-def _runs_from(v_lines: list[Line], first: str, is_frame) -> list[tuple[int, int]]:
-    """A piece starts at each line shaped `first` and runs over the lines after it."""
-    pieces: list[tuple[int, int]] = []
-    start = end = None
-    for text, s, e in v_lines:
-        stop = not text.strip() or is_frame(text)
-        if stop or shape(text) == first:
-            if start is not None:
-                pieces.append((start, end))  # type: ignore[arg-type]
-                start = None
-            if stop:
-                continue
-        if start is None:
-            start = s
-        end = e
-    if start is not None:
-        pieces.append((start, end))  # type: ignore[arg-type]
-    return pieces
-
-
-def _glue(lines: list[list[Line]], is_frame) -> set[tuple[str, str]]:
-    """Pairs of adjacent lines that belong to one block: the first is always followed by the second, or the
-    second always preceded by the first (seen three times at least: twice happens by chance)."""
-    nexts: dict[str, set[str]] = defaultdict(set)
-    prevs: dict[str, set[str]] = defaultdict(set)
-    seen: Counter[str] = Counter()
-    for v_lines in lines:
-        texts = [t for t, _, _ in v_lines if t.strip() and not is_frame(t)]
-        seen.update(texts)
-        for a, b in zip(["\0", *texts], [*texts, "\0"], strict=True):
-            nexts[a].add(b)
-            prevs[b].add(a)
-    return {
-        (a, b)
-        for a, following in nexts.items()
-        for b in following
-        if a != "\0"
-        and b != "\0"
-        and ((seen[a] >= 3 and len(following) == 1) or (seen[b] >= 3 and prevs[b] == {a}))
-    }
-
-
-def _glued_lines(v_lines: list[Line], glued: set[tuple[str, str]], is_frame) -> list[tuple[int, int]]:
-    """Each line is a piece, but lines the data glues together stay in one."""
-    pieces: list[tuple[int, int]] = []
-    previous = None
-    for text, s, e in v_lines:
-        if not text.strip() or is_frame(text):
-            previous = None
-            continue
-        if previous is not None and (previous, text) in glued:
-            pieces[-1] = (pieces[-1][0], e)
-        else:
-            pieces.append((s, e))
-        previous = text
-    return pieces
-
-
-def _period(values: list[str], pieces: list[list[tuple[int, int]]]) -> int:
-    """How many pieces make one block: the period of the text between pieces (`\\nOutput:\\n`, then
-    `\\n\\nInput:\\n`...), the last gap of each value left out (it may lead to the query)."""
-    gaps = [
-        [DIGITS.sub("#", v[p[k][1] : p[k + 1][0]]) for k in range(len(p) - 2)]
-        for v, p in zip(values, pieces, strict=True)
-    ]
-    for period in (1, 2, 3, 4):
-        informative = [g for g in gaps if len(g) > period]
-        if not informative:
-            break
-        regular = sum(all(g[k] == g[k + period] for k in range(len(g) - period)) for g in informative)
-        if regular >= 0.8 * len(informative):
-            return period
-    return 1
-
-
-def _blocks(value: str, pieces: list[tuple[int, int]], period: int) -> list[tuple[str, int, int]]:
-    """(text, start, end) of each whole block: `period` consecutive pieces."""
-    out = []
-    for k in range(0, len(pieces) - period + 1, period):
-        start, end = pieces[k][0], pieces[k + period - 1][1]
-        out.append((value[start:end], start, end))
-    return out
-
-
-# ---- what the blocks share ----------------------------------------------------------------------------
-
-
-def _frame(known: list[str]) -> Frame:
-    """What the recurring blocks share, line by line (those of the most common length): the labels (of
-    most of them: a text mixed in from another template must not hide them) and closing tags (of all)."""
-    split = [k.split("\n") for k in known]
-    counts = Counter(len(s) for s in split)
-    usual = counts.most_common(1)[0][0]
-    same = [s for s in split if len(s) == usual]
-    specs = []
-    for i in range(usual):
-        texts = [s[i] for s in same]
-        prefix = _label_only(frame_prefix(texts, SHARED))
-        if all(t == texts[0] for t in texts):
-            specs.append((texts[0], "", True))  # a line of the frame itself (`### Example`, `Output:`)
-        else:
-            specs.append((prefix, _closing([t[len(prefix) :] for t in texts if t.startswith(prefix)]), False))
-    middle = _middle([s[0] for s in same]) if usual == 1 else ""
-    first = _label_only(frame_prefix([s[0] for s in same], SHARED))
-    last = _closing([s[-1] for s in same if s[0].startswith(first)])
-    # Blocks of another length (a multi-line answer) belong if they open and close like the usual ones.
-    heights = {len(s) for s in split if s[0].startswith(first) and s[-1].endswith(last)} | {usual}
-    return Frame(frozenset(heights), tuple(specs), first, last, middle)
-
-
-def _label_only(prefix: str) -> str:
-    """A shared line start cut back to its label: when every answer starts `A: logtool --`, the label is
-    `A: ` and `logtool --` is content all the pool's examples happen to share."""
-    for pattern in (LABEL, WORD_LABEL):
-        found = pattern.match(prefix)
-        if found is not None:
-            end = found.end()
-            while end < len(prefix) and prefix[end] == " ":
-                end += 1
-            return prefix[:end]
-    return prefix
-
-
-def _closing(texts: list[str]) -> str:
-    """The end every text shares, if it is a closing tag or bracket run (`</output>`, `"}`), not one
-    character that the contents happen to share (a final quote, a period)."""
-    suffix = frame_suffix(texts, 1.0)
-    return suffix if len(suffix.strip()) >= 2 else ""
-
-
-def _middle(lines: list[str]) -> str:
-    """The longest piece of punctuation-led text found exactly once in most one-line blocks."""
-    tokens = TOKENS.findall(lines[0])
-    candidates = {
-        "".join(tokens[i : i + n])
-        for n in (1, 3)
-        for i in range(1, len(tokens) - n)
-        if not tokens[i][0].isalnum()
-    }
-    good = [c for c in candidates if sum(line.count(c) == 1 for line in lines) >= 0.8 * len(lines)]
-    return max(good, key=len, default="")
-
-
-def _line_fits(line: str, prefix: str, suffix: str, fixed: bool) -> bool:
-    if fixed:
-        return line == prefix
-    return (
-        line.startswith(prefix)
-        and line.endswith(suffix)
-        and len(line) >= len(prefix) + len(suffix)
-        and bool(line[len(prefix) : len(line) - len(suffix)].strip())
-    )
-
-
-def _strip(line: str, prefix: str, suffix: str) -> str:
-    line = line[len(prefix) :] if line.startswith(prefix) else line
-    return line[: len(line) - len(suffix)] if suffix and line.endswith(suffix) else line
-
-
-def _separator(values: list[str], blocks: list[list[Block]], known: set[str]) -> Examples | None:
-    """The text between two blocks, learned from consecutive recurring blocks."""
-    gaps: list[tuple[int, str]] = []  # (index of the block after the gap, gap text)
-    for value, v_blocks in zip(values, blocks, strict=True):
-        for j in range(1, len(v_blocks)):
-            if v_blocks[j - 1][0] in known and v_blocks[j][0] in known:
-                gaps.append((j, value[v_blocks[j - 1][2] : v_blocks[j][1]]))
-    if not gaps:
-        return None
-    forms = Counter(DIGITS.sub("#", g) for _, g in gaps)
-    form, n = forms.most_common(1)[0]
-    if n < 0.9 * len(gaps):
-        return None
-    return _counting([(j, g) for j, g in gaps if DIGITS.sub("#", g) == form])
-
-
-def _counting(gaps: list[tuple[int, str]]) -> Examples | None:
-    """One separator for gaps of the same form: constant, or with one number that counts the blocks."""
-    if len({DIGITS.sub("#", g) for _, g in gaps}) > 1:
-        return None
-    runs = [list(DIGITS.finditer(g)) for _, g in gaps]
-    counters = []
-    for d in range(len(runs[0])):
-        offsets = {int(r[d].group()) - j for (j, _), r in zip(gaps, runs, strict=True)}
-        if len(offsets) == 1 and len({r[d].group() for r in runs}) > 1:
-            counters.append((d, offsets.pop()))
-    if not counters:
-        raw = gaps[0][1]
-        return Examples(raw) if all(g == raw for _, g in gaps) else None
-    if len(counters) > 1:
-        return None
-    d, offset = counters[0]
-    j, gap = gaps[0]
-    at = runs[0][d]
-    examples = Examples(gap[: at.start()], offset + 1, gap[at.end() :])
-    return examples if all(g == examples.separator(j) for j, g in gaps) else None
+    return _Cut(blocks, known, covered - sum(len(t) for t in known))
 
 
 # ---- examples written into static text ------------------------------------------------------------------
@@ -583,7 +243,7 @@ def fixed_run(text: str) -> tuple[int, int, Examples, list[str], Frame] | None:
     consecutive blocks of the same number of lines (two at least), each line opening with the same label in
     every block (`Input: `, `<output>`), the answer line's label holding a letter, the same text (or a
     counting one) between them. Returns (start, end, examples part, blocks, frame), the longest such run."""
-    lines = _lines(text)
+    lines = lines_of(text)
     best = None
     for pieces in _single_cuts(lines):
         for i in range(len(pieces) - 1):
@@ -601,12 +261,12 @@ def _single_cuts(lines: list[Line]):
     seen = Counter(normalized(t) for t, _, _ in lines if t.strip())
     frame_lines = {n for n, k in seen.items() if k >= 2}
     if frame_lines:
-        yield _runs_between(lines, lambda t: normalized(t) in frame_lines)
-    yield _runs_between(lines, lambda t: False)
+        yield runs_between(lines, lambda t: normalized(t) in frame_lines)
+    yield runs_between(lines, lambda t: False)
     shapes = Counter(shape(t) for t, _, _ in lines if t.strip())
     for first, k in shapes.most_common(3):
         if k >= 2 and first.strip():
-            yield _runs_from(lines, first, lambda t: False)
+            yield runs_from(lines, first, lambda t: False)
 
 
 def _fixed_from(text: str, pieces: list[tuple[int, int]], i: int):
@@ -619,7 +279,7 @@ def _fixed_from(text: str, pieces: list[tuple[int, int]], i: int):
         j += 1
     examples = None
     while gaps:
-        examples = _counting(gaps)
+        examples = counting(gaps)
         if examples is not None:
             break
         gaps.pop()
@@ -627,7 +287,7 @@ def _fixed_from(text: str, pieces: list[tuple[int, int]], i: int):
     if examples is None:
         return None
     blocks = [text[s:e] for s, e in pieces[i : j + 1]]
-    frame = _frame(blocks)
+    frame = frame_of(blocks)
     if not all(prefix.strip() for prefix, _, _ in frame.lines):
         return None
     answer = next((p for p, _, fixed in reversed(frame.lines) if not fixed), "")

@@ -114,7 +114,7 @@ def find_run(values: list[str], weights: list[int]) -> RunFound | str | None:
     examples = next((e for e in candidates if e is not None and e.number is not None), None)
     examples = examples or candidates[0] or candidates[1]
     if examples is None:
-        if max(len(b) for b in blocks) > 1:
+        if max(len(sequence) for sequence in sequences) > 1:
             return None
         examples = Examples("\n\n")  # one block per request: no separator to learn, none to match
     firsts = [next((j for j, (t, _, _) in enumerate(b) if t in known or frame.fits(t)), None) for b in blocks]
@@ -183,13 +183,14 @@ def _alternatives(texts: set[str], blocks: list[list[Block]]) -> bool:
 
 
 def _rewordings(texts: set[str]) -> bool:
-    """Whether two of the texts are the same but for one word, or two in a text of six words or more:
-    wordings of one instruction (each a word away from a third one), not examples."""
+    """Whether two of the texts are the same but for one word, or two in a line of six words or more:
+    wordings of one instruction (each a word away from a third one), not examples. (Blocks of several
+    lines share their labels, and examples of one tool can differ in two words.)"""
     keys: set[str] = set()
     for text in texts:
         words = text.replace("\n", " ").split(" ")
         mine = set(one_word_changed(" ".join(words)))
-        if len(words) >= 6:
+        if len(words) >= 6 and "\n" not in text:
             mine |= {
                 " ".join(words[:i]) + "\0" + " ".join(words[i + 1 : j]) + "\0" + " ".join(words[j + 1 :])
                 for i in range(len(words))

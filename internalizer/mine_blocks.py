@@ -1,18 +1,15 @@
 """Find a run of few-shot example blocks in one region of a group's requests, learned from the requests.
 
-A region is the text between two static lines of a template. It holds an example run when blocks of it recur
-across requests in varying combinations (three distinct recurring blocks and three distinct sequences at
-least): the blocks are drawn from a pool. How the region is cut into blocks is learned, not read from a list
-of markers:
-- lines that come back several times in one request, digits ignored (`<example>`, `### Example`,
-  `Example 3:`, `Output:`), are the frame between blocks;
-- else blank lines separate blocks;
-- else a block starts at every line shaped like the region's first line (`Q: ...`), or each line is a block
-  unless the data glues lines together (a line always followed by the same next line).
-When the text between pieces alternates (`Input:\\n{x}\\nOutput:\\n{y}`), pieces are grouped by that period.
-The text between two blocks is the separator; when it carries the block's number it must count up. A block
-seen once is accepted where it sits between blocks or is shaped like the recurring ones (same line count,
-same start and end of each line).
+A region is the text between two static lines of a template. It holds an example run when it cuts
+(mine_cut) into blocks that look drawn from a pool: several blocks that recur across requests, in varied
+sequences and places; or one block per request chosen among several shaped alike that are not rewordings of
+each other; or blocks framed by lines that come back around every one of them (`<example>`, `Example 3:`),
+which is evidence enough even when a large pool's blocks are each seen once. A recurring text that is not
+shaped like the blocks (mine_frame), or that sits in one place in most requests while a rewording of it sits
+there in others, is static text of another template mixed into the group: the group is split on it.
+
+Each request's run is its longest sequence of blocks, joined by the learned separator, that are known or
+shaped like the known ones; what follows the run (often the query) is aligned by mine_align.
 """
 
 from __future__ import annotations

@@ -45,12 +45,21 @@ def mined_matcher(requests: list[Request]) -> tuple[Matcher, dict[int, dict], di
 
 def describe(app: App) -> str:
     example = app.render("QUERY", app.draw(random.Random(0)), "SECOND")
-    return f"{app.label}: {app.fmt.name}, {app.placement}, {app.shots} {app.mode}\n{json.dumps(example, indent=1)}"
+    style = f"{app.fmt.name}, {app.placement}, {app.shots} {app.mode} of {len(app.pool)}"
+    return f"{app.label}: {style}\n{json.dumps(example, indent=1)}"
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
+# Derandomized: the same examples on every run, so a test run never fails by the luck of the draw;
+# benchmarks/mining.py scores 20 more seeds of larger traffic.
+@settings(
+    max_examples=30, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck)
+)
 @given(seed=st.integers(0, 2**32 - 1), n_apps=st.integers(1, 4), v2=st.booleans())
 def test_every_request_of_a_generated_template_lands_in_its_template(seed, n_apps, v2):
+    """1 to 4 apps in random styles, 12 to 40 requests each, one maybe reworded half way, among one-offs and
+    near-misses (one word of an app's instructions changed): every request of an app lands in that app's
+    one template with its query extracted exactly, one-offs and near-misses match nothing, and so it goes
+    for fresh requests too (when they carry examples the log has shown)."""
     rng = random.Random(seed)
     apps = [random_app(rng, f"app{i}") for i in range(n_apps)]
     counts = [rng.randint(12, 40) for _ in apps]

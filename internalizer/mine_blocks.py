@@ -90,7 +90,10 @@ def find_run(values: list[str], weights: list[int]) -> RunFound | str | None:
     # too large for its blocks to recur in this log: then every framed block is an example. So is a choice
     # of one block per request among many shaped alike that are not rewordings of each other.
     everything = {t for v_blocks in blocks for t, _, _ in v_blocks} - (found.known - recurring)
-    framed = framed or (len(recurring) >= 2 and _alternatives(everything, blocks))
+    single = max((len(b) for b in blocks), default=0) == 1
+    if single and 2 * sum(weight[t] for t in recurring) < total:
+        return None  # one text per request, mostly seen once: a query now and then sent twice, not a pool
+    framed = framed or (len(recurring) >= 2 and _alternatives(everything, blocks, weight, total))
     seen = recurring if len(recurring) >= MIN_BLOCKS or not framed else everything  # shape learned from
     if not seen:
         return None
@@ -101,7 +104,7 @@ def find_run(values: list[str], weights: list[int]) -> RunFound | str | None:
         sequences[tuple(t for t, _, _ in v_blocks if t in known)] += w
     if len(known) < MIN_BLOCKS or len(sequences) < MIN_BLOCKS:
         return None
-    if not framed and not _drawn(known, sequences, places, total, len(weight)):
+    if not framed and not _drawn(known, sequences, places, weight, total, len(weight)):
         return None
     misfits = [t for t in recurring if not frame.fits(t)]
     if misfits:  # a recurring text not shaped like the blocks: another template's, mixed in this group
@@ -156,51 +159,66 @@ def _static_place(
     recurring: set[str], weight: Counter[str], places: dict[str, set[int]], total: int
 ) -> str | None:
     """The heaviest of the blocks found in one place only, when those of one place are in most requests and
-    one is in nearly all, or two are wordings of one text (one word changed): static text, not examples.
-    (A pool's block may be that common by chance, but not alongside its own rewording.)"""
+    one of them is in nearly all, or one with its rewordings (one word changed) is in half of them: static
+    text in other wordings, not examples. (A pool's block may be that common by chance, but not with its
+    rewordings.)"""
     by_place: dict[int, list[str]] = defaultdict(list)
     for text in recurring:
         if len(places[text]) == 1:
             by_place[next(iter(places[text]))].append(text)
     for texts in by_place.values():
         heaviest = max(texts, key=lambda t: (weight[t], t))
-        if 2 * sum(weight[t] for t in texts) >= total and (
-            weight[heaviest] >= 0.8 * total or _rewordings(set(texts))
-        ):
-            return heaviest
+        if 2 * sum(weight[t] for t in texts) >= total:
+            if weight[heaviest] >= 0.8 * total:
+                return heaviest
+            worded = _reworded(set(texts), weight)
+            if worded is not None and 2 * worded[0] >= total:
+                return worded[1]
     return None
 
 
-def _alternatives(texts: set[str], blocks: list[list[Block]]) -> bool:
-    """One block per request, chosen among at least MIN_ALTERNATIVES that share an informative shape and
-    of which no two are the same text with one word changed (wordings of one line are not a pool)."""
+def _alternatives(texts: set[str], blocks: list[list[Block]], weight: Counter[str], total: int) -> bool:
+    """One block per request, chosen among at least MIN_ALTERNATIVES that share an informative shape, no
+    text with its rewordings sent by half the requests (wordings of one line are not a pool)."""
     if len(texts) < MIN_ALTERNATIVES or max((len(b) for b in blocks), default=0) != 1:
         return False
-    return frame_of(sorted(texts)).informative and not _rewordings(texts)
+    worded = _reworded(texts, weight)
+    return frame_of(sorted(texts)).informative and (worded is None or 2 * worded[0] < total)
 
 
-def _rewordings(texts: set[str]) -> bool:
-    """Whether two of the texts are the same but for one word, or two in a line of six words or more:
-    wordings of one instruction (each a word away from a third one), not examples. (Blocks of several
-    lines share their labels, and examples of one tool can differ in two words.)"""
-    keys: set[str] = set()
-    for text in texts:
+def _reworded(texts: set[str], weight: Counter[str]) -> tuple[int, str] | None:
+    """The heaviest group of texts that are the same but for one word (two in a line of six words or more),
+    as (requests, its heaviest text); None when no two texts are. Wordings of one instruction, each a word
+    away from a third one. (Blocks of several lines share their labels: one word only for them.)"""
+    owner: dict[str, str] = {}
+    group: dict[str, set[str]] = {}
+    for text in sorted(texts, key=lambda t: (-weight[t], t)):
         words = text.replace("\n", " ").split(" ")
-        mine = set(one_word_changed(" ".join(words)))
+        keys = set(one_word_changed(" ".join(words)))
         if len(words) >= 6 and "\n" not in text:
-            mine |= {
+            keys |= {
                 " ".join(words[:i]) + "\0" + " ".join(words[i + 1 : j]) + "\0" + " ".join(words[j + 1 :])
                 for i in range(len(words))
                 for j in range(i + 1, len(words))
             }
-        if mine & keys:
-            return True
-        keys |= mine
-    return False
+        head = next((owner[k] for k in keys if k in owner), text)
+        group.setdefault(head, set()).add(text)
+        for key in keys:
+            owner.setdefault(key, head)
+    groups = [members for members in group.values() if len(members) > 1]
+    if not groups:
+        return None
+    best = max(groups, key=lambda members: sum(weight[t] for t in members))
+    return sum(weight[t] for t in best), max(best, key=lambda t: (weight[t], t))
 
 
 def _drawn(
-    known: set[str], sequences: Counter[tuple[str, ...]], places: dict[str, set[int]], total: int, seen: int
+    known: set[str],
+    sequences: Counter[tuple[str, ...]],
+    places: dict[str, set[int]],
+    weight: Counter[str],
+    total: int,
+    seen: int,
 ) -> bool:
     """Whether recurring blocks look drawn from a pool rather than being the fixed texts of templates mixed
     in one group: several of them, in varied sequences (none sent by half the requests), most of them met
@@ -209,7 +227,8 @@ def _drawn(
     if 2 * sequences.most_common(1)[0][1] >= total:
         return False
     if max(len(sequence) for sequence in sequences) <= 1:
-        return seen >= MIN_ALTERNATIVES and not _rewordings(known)
+        worded = _reworded(known, weight)
+        return seen >= MIN_ALTERNATIVES and (worded is None or 2 * worded[0] < total)
     return 2 * sum(len(places[t]) >= 2 for t in known) >= len(known)
 
 

@@ -109,13 +109,15 @@ def _closing(texts: list[str]) -> str:
 
 def _middle(lines: list[str]) -> str:
     """The longest piece of punctuation-led text found exactly once in most one-line blocks."""
-    tokens = TOKENS.findall(lines[0])
-    candidates = {
-        "".join(tokens[i : i + n])
-        for n in (1, 3)
-        for i in range(1, len(tokens) - n)
-        if not tokens[i][0].isalnum()
-    }
+    candidates = set()
+    for line in lines[:5]:  # a few lines: one block's own punctuation may run into the frame's
+        tokens = TOKENS.findall(line)
+        candidates |= {
+            "".join(tokens[i : i + n])
+            for n in (1, 3)
+            for i in range(1, len(tokens) - n)
+            if not tokens[i][0].isalnum()
+        }
     good = [c for c in candidates if sum(line.count(c) == 1 for line in lines) >= 0.8 * len(lines)]
     return max(good, key=len, default="")
 

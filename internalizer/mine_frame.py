@@ -36,7 +36,7 @@ class Frame:
         lines = block.split("\n")
         if len(lines) not in self.line_counts:
             return False
-        if self.middle and len(lines) == 1 and block.count(self.middle) != 1:
+        if self.middle and len(lines) == 1 and self.middle not in block:
             return False
         if len(lines) == len(self.lines):
             return all(_line_fits(line, *spec) for line, spec in zip(lines, self.lines, strict=True))
@@ -110,14 +110,18 @@ def _closing(texts: list[str]) -> str:
 def _middle(lines: list[str]) -> str:
     """The longest piece of punctuation-led text found exactly once in most one-line blocks."""
     candidates = set()
-    for line in lines[:5]:  # a few lines: one block's own punctuation may run into the frame's
+    for line in lines[
+        :: max(1, len(lines) // 10)
+    ]:  # some lines: a block's own punctuation runs into the frame's
         tokens = TOKENS.findall(line)
-        candidates |= {
-            "".join(tokens[i : i + n])
-            for n in (1, 3)
-            for i in range(1, len(tokens) - n)
-            if not tokens[i][0].isalnum()
-        }
+        for n in (1, 3):
+            for i in range(1, len(tokens) - n):
+                if not tokens[i][0].isalnum():
+                    window = "".join(tokens[i : i + n])
+                    candidates.add(window)
+                    last = tokens[i + n - 1]  # `: %` when the content starts with `%`: try `: ` too
+                    cut = last[: last.find(" ") + 1] if " " in last else last
+                    candidates.add(window[: len(window) - len(last)] + cut)
     good = [c for c in candidates if sum(line.count(c) == 1 for line in lines) >= 0.8 * len(lines)]
     return max(good, key=len, default="")
 

@@ -2,9 +2,12 @@
 
 The group shares a role skeleton. In each message, the units (lines, or sentences of a one-line message) found
 exactly once in every request of the group, always in the same order, are the template's static lines: its
-anchors. The text between two anchors is a region. Across the group a region is either the same everywhere
-(static), a run of example blocks drawn from a pool followed by a tail (mine_blocks), or text that varies,
-aligned into static prefix, slot(s) and static suffix. Nothing here reads markers to decide.
+anchors. (Not a numbered line whose number counts up in other requests, `Example 1:`, nor a line shaped like
+the example blocks next to it: an example every request of a small group happened to carry.) The text
+between two anchors is a region. Across the group a region is the same everywhere (static), a run of
+example blocks drawn from a pool followed by a tail (mine_blocks), or text that varies, aligned into static
+prefix, slot(s) and static suffix. Static text that writes out the same examples in every request gets an
+examples part too. Nothing here reads markers to decide.
 
 A region whose values repeat as wholes (two wordings of the instructions), or whose varying values share a
 recurring line, is not a slot: the group mixes templates, and the outcome names a unit to split it on.
@@ -86,6 +89,8 @@ class _Region:
 
 
 class _Split(Exception):
+    """A region that says the group mixes templates; `unit` (if any) tells them apart."""
+
     def __init__(self, unit: str | None) -> None:
         self.unit = unit
 

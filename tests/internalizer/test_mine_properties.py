@@ -168,3 +168,26 @@ def test_markdown_headings_around_qa_pairs_drawn_from_a_pool_with_constraints_af
 def test_xml_examples_drawn_from_a_pool_inside_one_user_message():
     template = check_pool_prompt(xml_prompt, 40, 4)
     assert template["static_text"].endswith("</examples>\n<query>{{query}}</query>")
+
+
+@settings(
+    max_examples=25, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck)
+)
+@given(
+    texts=st.lists(
+        st.text(alphabet=st.sampled_from("ab c:\n\r\t<>#*-|{}\"'1é"), max_size=60), min_size=1, max_size=8
+    ),
+    copies=st.integers(1, 12),
+)
+def test_mining_text_nobody_designed_never_fails(texts, copies):
+    """Odd text (blank lines, carriage returns, lone punctuation, empty messages) sent a few times over, some
+    of it with varying tails: mining finishes, and what it assigns the matcher matches the same way."""
+    log = []
+    for n in range(copies):
+        for k, text in enumerate(texts):
+            user = {"role": "user", "content": f"{text}\n{n}" if k % 2 else text}
+            log.append(Request([{"role": "system", "content": texts[0]}, user], None, None))
+    matcher, rows, _, _ = mined_matcher(log)
+    for position, row in rows.items():
+        found = matcher.match({"messages": log[position].messages})
+        assert found is not None and (found.template_id, found.query) == (row["template_id"], row["query"])

@@ -162,7 +162,7 @@ def period_of(values: list[str], pieces: list[list[tuple[int, int]]]) -> int:
         for v, p in zip(values, pieces, strict=True)
     ]
     for period in (1, 2, 3, 4):
-        informative = [g for g in gaps if len(g) > period]
+        informative = [g for g in gaps if len(g) >= 2 * period]  # two periods at least, to compare
         if not informative:
             break
         regular = sum(all(g[k] == g[k + period] for k in range(len(g) - period)) for g in informative)

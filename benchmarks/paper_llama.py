@@ -14,6 +14,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gateway.accounting.report import percentile
+
 Messages = list[dict[str, str]]
 
 
@@ -34,21 +36,11 @@ class Measurement:
             "requests": n,
             "mean_input_tokens": statistics.fmean(self.prompt_tokens) if n else 0.0,
             "mean_output_tokens": statistics.fmean(self.completion_tokens) if n else 0.0,
-            "latency_p50_ms": 1000 * percentile(lat, 50),
-            "latency_p95_ms": 1000 * percentile(lat, 95),
+            "latency_p50_ms": 1000 * (percentile(lat, 50) or 0.0),
+            "latency_p95_ms": 1000 * (percentile(lat, 95) or 0.0),
             "throughput_rps": n / self.wall_s if self.wall_s else 0.0,
             "load_average_1min": list(self.load_average),
         }
-
-
-def percentile(sorted_values: Sequence[float], pct: float) -> float:
-    """Linear-interpolated percentile of already sorted values (numpy's default method)."""
-    if not sorted_values:
-        return 0.0
-    rank = (len(sorted_values) - 1) * pct / 100
-    low = int(rank)
-    high = min(low + 1, len(sorted_values) - 1)
-    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (rank - low)
 
 
 def cpu_threads() -> int:

@@ -25,7 +25,10 @@ SHORT = {
     "ft_query": "FT\nquery",
     "promptintern": "Prompt-\nIntern",
     "base_full_cached": "base full\nKV cached",
+    "promptintern_distill": "PromptIntern\n+ distil",
+    "ft_query_distill": "FT query\n+ distil",
 }
+CATEGORICAL = ("schedule", "distill_teacher")
 
 
 def _title(data: dict[str, Any]) -> str:
@@ -47,7 +50,7 @@ def plot_methods(data: dict[str, Any], path: Path) -> Path | None:
     ]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     for ax, (name, values) in zip(axes, panels, strict=True):
-        colors = ["tab:orange" if k == "promptintern" else "tab:blue" for k in keys]
+        colors = ["tab:orange" if k.startswith("promptintern") else "tab:blue" for k in keys]
         ax.bar(range(len(keys)), values, color=colors)
         ax.set_xticks(range(len(keys)), labels, fontsize=8)
         ax.set_title(name)
@@ -76,18 +79,21 @@ def plot_ablations(data: dict[str, Any], path: Path) -> Path | None:
         "schedule": "schedule",
         "stages": "number of stages (last = query-only)",
         "train_size": "training requests",
+        "distill_alpha": "distillation alpha (1 = cross-entropy only)",
+        "distill_topk": "teacher top-K",
+        "distill_teacher": "teacher",
     }
     # The primary metric moves in coarse steps on a small dev set; BLEU (where the task has it) is finer.
     shown = [metric] + [m for m in ("bleu",) if m != metric and m in data.get("metric_names", [])]
     fig, axes = plt.subplots(1, len(ablations), figsize=(5 * len(ablations), 4), squeeze=False)
     for ax, (kind, rows) in zip(axes[0], ablations.items(), strict=True):
-        if kind != "schedule":  # numeric axes in order, whatever order the points were trained in
+        if kind not in CATEGORICAL:  # numeric axes in order, whatever order the points were trained in
             rows = sorted(rows, key=lambda row: float(row["value"]))
         values = [str(row["value"]) for row in rows]
         width = 0.8 / len(shown)
         for i, (name, color) in enumerate(zip(shown, ("tab:orange", "tab:gray"), strict=False)):
             scores = [row["metrics"].get(name, 0.0) for row in rows]
-            if kind == "schedule":
+            if kind in CATEGORICAL:
                 xs = [x + (i - (len(shown) - 1) / 2) * width for x in range(len(values))]
                 ax.bar(xs, scores, width=width, color=color, label=name)
             else:
@@ -104,11 +110,12 @@ def plot_ablations(data: dict[str, Any], path: Path) -> Path | None:
     return path
 
 
-def write_plots(data: dict[str, Any], out_dir: Path) -> list[Path]:
+def write_plots(data: dict[str, Any], out_dir: Path, stem: str | None = None) -> list[Path]:
     out_dir = Path(out_dir)
+    stem = stem or data["dataset"]
     written = [
-        plot_methods(data, out_dir / f"{data['dataset']}_methods.png"),
-        plot_ablations(data, out_dir / f"{data['dataset']}_ablations.png"),
+        plot_methods(data, out_dir / f"{stem}_methods.png"),
+        plot_ablations(data, out_dir / f"{stem}_ablations.png"),
     ]
     return [p for p in written if p is not None]
 
@@ -116,4 +123,7 @@ def write_plots(data: dict[str, Any], out_dir: Path) -> list[Path]:
 if __name__ == "__main__":
     for argument in sys.argv[1:]:
         results_path = Path(argument)
-        print(*write_plots(json.loads(results_path.read_text()), results_path.parent), sep="\n")
+        print(
+            *write_plots(json.loads(results_path.read_text()), results_path.parent, results_path.stem),
+            sep="\n",
+        )

@@ -1,8 +1,9 @@
-"""Per-dataset adapters for the paper benchmark: NL2Bash, CoNaLa and tldr on one code path.
+"""Per-dataset adapters for the paper benchmark: NL2Bash, CoNaLa, tldr and Banking77 on one code path.
 
 Each task gives the app's instructions (a realistic long system prompt, different per dataset), turns a
 data record into (query, target), cleans a model's reply into the answer it means, and scores answers
-with the dataset's metrics (benchmarks/paper_metrics.py, as data/README.md prescribes).
+with the dataset's metrics (benchmarks/paper_metrics.py, as data/README.md prescribes). Banking77 is a
+different kind of app: a classifier whose prompt lists its 77 labels, answered with one label.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.paper_metrics import conala_scores, nl2bash_scores, tldr_scores
+from benchmarks.paper_metrics import banking77_scores, conala_scores, nl2bash_scores, tldr_scores
 from demo.nl2bash_app import SYSTEM_PROMPT as NL2BASH_INSTRUCTIONS
 
 DATA_ROOT = Path(__file__).resolve().parents[1] / "data"
@@ -73,6 +74,45 @@ Output rules:
 The examples below show requests from other contributors and the exact answers expected."""
 
 
+def banking77_labels(data_root: Path = DATA_ROOT) -> list[str]:
+    return json.loads((data_root / "banking77" / "labels.json").read_text(encoding="utf-8"))
+
+
+def banking77_instructions(labels: Sequence[str]) -> str:
+    """The support app's classifier prompt: role, rules, every label (as the app lists them), output rules."""
+    label_lines = "\n".join(f"- {label}" for label in labels)
+    return f"""\
+You are the message router of Lumen Bank's in-app support chat. Every message a customer types into the \
+chat comes to you first, and you decide which of the support team's intents it belongs to, so that the \
+customer gets the right help article and, when needed, the right specialist team.
+
+How to choose the intent:
+- Read the whole message and pick the one intent from the list below that best describes what the \
+customer needs right now.
+- Distinguish the card intents carefully: a card that has not arrived yet, a card that does not work, a \
+card payment that was declined and a card that was lost or stolen are different intents.
+- Never invent an intent and never answer the customer's question yourself.
+
+Intents (use the name exactly as written):
+{label_lines}
+
+Output rules:
+- Reply with the intent name only, exactly as it appears in the list, on a single line.
+- No explanation, no punctuation, no quotes, no Markdown.
+
+The examples below show messages from other customers and the intent expected."""
+
+
+def first_label(text: str) -> str:
+    """The label a classifier's reply names: its first non-empty line, without quotes, bullets or a period."""
+    for line in _strip_fences(text).splitlines():
+        line = line.strip().strip("`'\"*").strip()
+        line = re.sub(r"^(?:[-*]\s+|intent:\s*)", "", line, flags=re.IGNORECASE).rstrip(".").strip()
+        if line:
+            return line
+    return ""
+
+
 # A fenced block anywhere in the reply; a reply cut by the token cap may lack the closing fence.
 _FENCE = re.compile(r"```[\w+-]*[ \t]*\n(.*?)(?:\n?```|$)", re.DOTALL)
 
@@ -112,6 +152,7 @@ class Task:
     clean: Callable[[str], str]
     score: Callable[[Sequence[str], Sequence[str]], dict[str, float]]
     primary_metric: str  # the accuracy column the plots and the targets use
+    query_field: str = "nl"
 
     def load(self, split: str, limit: int = 0, seed: int = 0) -> list[Record]:
         """Records of a split; with `limit`, a seeded random subset of that size kept in file order."""
@@ -120,7 +161,7 @@ class Task:
             raise FileNotFoundError(f"{self.name} split not found: {path}")
         with path.open(encoding="utf-8") as lines:
             rows = [json.loads(line) for line in lines]
-        records = [Record(row["id"], row["nl"], row[self.code_field]) for row in rows]
+        records = [Record(row["id"], row[self.query_field], row[self.code_field]) for row in rows]
         if limit and limit < len(records):
             keep = set(random.Random(seed).sample(range(len(records)), limit))
             records = [record for index, record in enumerate(records) if index in keep]
@@ -136,6 +177,15 @@ TASKS: dict[str, Task] = {
     ),
     "conala": Task("conala", CONALA_INSTRUCTIONS, "code", python_snippet, conala_scores, "bleu"),
     "tldr": Task("tldr", TLDR_INSTRUCTIONS, "code", first_command_line, tldr_scores, "command_name_acc"),
+    "banking77": Task(
+        "banking77",
+        banking77_instructions(banking77_labels()),
+        "label",
+        first_label,
+        banking77_scores,
+        "accuracy",
+        query_field="text",
+    ),
 }
 
 

@@ -26,10 +26,14 @@ from internalizer.compress import compress_text
 from internalizer.config import InternalizeConfig
 from internalizer.dataset import Example, prompt_ids
 from internalizer.dataset import Record as TrainRecord
+from internalizer.distill import Teacher, file_hash
 from internalizer.export import export_model
-from internalizer.job import stage_sequences
+from internalizer.heldout import context_length
+from internalizer.packing import pack, row_tokens
+from internalizer.plan import plan_stage
 from internalizer.retrieve import ExampleRetriever
 from internalizer.schedule import Stage, build_stages
+from internalizer.stage_data import stage_sequences
 from internalizer.train import lora_model, train_stages
 
 
@@ -75,9 +79,11 @@ class TrainedModel:
     n_train: int
     skipped_per_stage: list[int]
     verify_agreement: float
+    adapter_path: Path | None = None  # the last stage's LoRA (a teacher for another method)
+    distillation: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self) | {"gguf_path": str(self.gguf_path)}
+        return asdict(self) | {"gguf_path": str(self.gguf_path), "adapter_path": str(self.adapter_path)}
 
 
 class Trainer:
@@ -125,42 +131,83 @@ class Trainer:
         n_train: int,
         say: Callable[[str], None] = print,
         max_seconds: float = float("inf"),
+        teacher_adapter: Path | None = None,
     ) -> TrainedModel:
         # Same stages, requests and hyperparameters -> the same model: reuse it (and its checkpoints on disk).
-        common = f"{n_train}|{dataclasses.replace(cfg, stages=0, schedule='linear').fingerprint()}"
-        identity = f"{spec.stages}|{common}"
+        # Distillation changes only the stages it distils: the others stay shared with plain training.
+        plain = dataclasses.replace(cfg, stages=0, schedule="linear", distill_alpha=1.0)
+        common = f"{n_train}|{plain.fingerprint()}"
+        distil = ""
+        if cfg.distills:
+            adapter = file_hash(teacher_adapter) if teacher_adapter else ""
+            distil = f"|{cfg.fingerprint()}|{adapter}"
+        identity = f"{spec.stages}|{common}{distil}"
         run_name = f"{spec.key}-n{n_train}-{_short_hash(identity)}"
         if identity in self._trained:
             return self._trained[identity]
         records = self.records[:n_train]
         train_records = [TrainRecord(r.id, {"query": r.query}, r.target) for r in records]
-        k_max = max(stage.n_examples for stage in spec.stages)
+        whole = Stage(1, 1.0, cfg.examples_start)  # what the teacher sees: the whole prompt
+        k_max = max([stage.n_examples for stage in spec.stages] + [whole.n_examples if cfg.distills else 0])
         shots = self.shots(records, k_max)
         stage_data, skipped = [], []
-        for stage in spec.stages:
-            sequences, n_skipped = stage_sequences(
+        for stage in [*spec.stages, *([whole] if cfg.distills else [])]:
+            sequences, fitting = stage_sequences(
                 stage,
                 train_records,
-                self.template(stage.template_ratio),
+                self.template,
                 shots,
                 self.base.tokenizer,
-                cfg.seq_len,
+                cfg.seq_len or context_length(self.base),
+                cfg.shared_prefix,
             )
             stage_data.append(sequences)
-            skipped.append(n_skipped)
+            skipped.append(fitting.dropped)
+        teacher_data = stage_data.pop() if cfg.distills else []
+        skipped = skipped[: len(spec.stages)]
         # The served (query-only) stage trains final_stage_epochs, every other stage epochs_per_stage, so
         # the full-prompt method and PromptIntern's first stage are the same training and are shared.
         epochs = [cfg.final_stage_epochs if s.query_only else cfg.epochs_per_stage for s in spec.stages]
         run_dir = self.work_dir / "runs" / run_name
+        teacher = None
+        if cfg.distills:
+            teacher = Teacher(
+                cfg,
+                run_dir,
+                list(spec.stages),
+                teacher_data,
+                self.base.tokenizer,
+                self.base.tokenizer.pad_token_id,
+                self.base.name,
+                adapter=teacher_adapter,
+                say=lambda m: say(f"  {m}"),
+            )
         prefixes = [
-            self.work_dir / "stages" / _short_hash(f"{spec.stages[: i + 1]}|{epochs[: i + 1]}|{common}")
+            self.work_dir
+            / "stages"
+            / _short_hash(
+                f"{spec.stages[: i + 1]}|{epochs[: i + 1]}|{common}"
+                + (distil if teacher is not None and spec.stages[i].index in teacher.distilled else "")
+            )
             for i in range(len(spec.stages))
         ]
         reused = self._restore_stages(run_dir, prefixes)
+        # Methods that differ only in alpha share one teacher pass (its manifest is checked on load).
+        shared_teacher = None
+        if teacher is not None:
+            any_alpha = dataclasses.replace(cfg, stages=0, schedule="linear", distill_alpha=0.5).fingerprint()
+            adapter = file_hash(teacher_adapter) if teacher_adapter else ""
+            key = f"{teacher.source}|{adapter}|{any_alpha}|{n_train}|{spec.stages[:1]}"
+            shared_teacher = self.work_dir / "teachers" / _short_hash(key)
+            if shared_teacher.is_dir() and not teacher.folder.is_dir():
+                shutil.copytree(shared_teacher, teacher.folder)
+        planned = zip(spec.stages, stage_data, epochs, strict=True)
         tokens = sum(
-            sum(len(s.input_ids) for s in sequences) * stage_epochs
-            for sequences, stage_epochs in list(zip(stage_data, epochs, strict=True))[reused:]
+            plan_stage(stage, sequences, len(sequences), stage_epochs, cfg, lambda rows: 0.0).tokens
+            for stage, sequences, stage_epochs in list(planned)[reused:]
         )
+        if teacher is not None and reused < len(spec.stages):  # its forward pass: about a third of a step
+            tokens += sum(row.n_tokens for row in pack(teacher_data, row_tokens(teacher_data, cfg))) / 3
         estimate = tokens / self.tokens_per_s + EXPORT_SECONDS_GUESS
         if estimate > max_seconds:
             raise OverBudget(
@@ -171,9 +218,18 @@ class Trainer:
         model = lora_model(copy.deepcopy(self.base.model), cfg)
         started = time.perf_counter()
         results = train_stages(
-            model, stage_data, cfg, run_dir, self.base.tokenizer.pad_token_id, progress=False, epochs=epochs
+            model,
+            stage_data,
+            cfg,
+            run_dir,
+            self.base.tokenizer.pad_token_id,
+            progress=False,
+            epochs=epochs,
+            teacher=teacher,
         )
         self._save_stages(run_dir, prefixes)
+        if shared_teacher is not None and teacher.folder.is_dir() and not shared_teacher.is_dir():
+            shutil.copytree(teacher.folder, shared_teacher)
         train_seconds = time.perf_counter() - started
         trained_tokens = sum(r.train_tokens for r in results if not r.resumed)
         trained_seconds = sum(r.seconds for r in results if not r.resumed)
@@ -203,6 +259,17 @@ class Trainer:
             n_train=len(records),
             skipped_per_stage=skipped,
             verify_agreement=exported.verification.agreement,
+            adapter_path=run_dir / f"stage-{len(spec.stages)}" / "adapter_model.safetensors",
+            distillation=None
+            if teacher is None
+            else {
+                "teacher": teacher.source,
+                "alpha": cfg.distill_alpha,
+                "k": cfg.distill_topk,
+                "temperature": cfg.distill_temperature,
+                "teacher_passes": teacher.passes,
+                "distilled_stages": sorted(teacher.distilled),
+            },
         )
         return self._trained[identity]
 

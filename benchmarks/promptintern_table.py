@@ -29,20 +29,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# llama.cpp's OpenMP threads spin while they wait; on a machine shared with other work that spinning
-# starves the thread doing the work (measured: 120 s instead of 19 s per request), so they sleep instead.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from gateway.environment import apply_defaults  # noqa: E402
+
+apply_defaults()  # offline, and llama.cpp's threads sleep while they wait (120 s -> 19 s per request here)
 
 from benchmarks import paper_prompts as prompts  # noqa: E402
 from benchmarks.paper_cost import load_price_model  # noqa: E402
@@ -74,23 +69,20 @@ class RunConfig:
 CONFIGS: dict[str, RunConfig] = {
     "smoke": RunConfig(
         "smoke", n_pool=100, n_train=6, n_dev=2, n_dev_ablation=2, max_tokens=12, budget_min=30,
-        train={"stages": 1, "epochs_per_stage": 1.0, "final_stage_epochs": 1.0, "batch_size": 2,
-               "seq_len": 1024, "pack_tokens": 256},
+        train={"stages": 1, "epochs_per_stage": 1.0, "final_stage_epochs": 1.0, "batch_size": 2},
         schedules=("exponential",), stage_counts=(1, 2), train_sizes=(6,),
     ),
-    # 100 training requests, 32 dev: PromptIntern's full-prompt stage (1 epoch, shared with the full-prompt
-    # method) costs ~10 min here, each query-only stage (3 epochs) ~3 min; the budget skips what won't fit.
+    # 100 training requests, 32 dev, the job's default batches and packing: PromptIntern's full-prompt stage
+    # (1 epoch) is shared with the full-prompt method; the budget skips what won't fit.
     "cpu": RunConfig(
         "cpu", n_pool=2000, n_train=100, n_dev=32, n_dev_ablation=32, max_tokens=32, budget_min=57,
-        train={"stages": 1, "epochs_per_stage": 1.0, "final_stage_epochs": 3.0, "batch_size": 2,
-               "seq_len": 1024, "pack_tokens": 256, "lr": 2e-3},
+        train={"stages": 1, "epochs_per_stage": 1.0, "final_stage_epochs": 3.0, "lr": 2e-3},
         schedules=("linear", "exponential", "inverse-exponential"), stage_counts=(1, 2, 3, 4),
         train_sizes=(100, 300, 1000), schedule_stages=2,
     ),
     "full": RunConfig(
         "full", n_pool=0, n_train=1000, n_dev=0, n_dev_ablation=200, max_tokens=64, budget_min=600,
-        train={"stages": 3, "epochs_per_stage": 1.0, "final_stage_epochs": 3.0, "batch_size": 8,
-               "seq_len": 1024, "pack_tokens": 512},
+        train={"stages": 3, "epochs_per_stage": 1.0, "final_stage_epochs": 3.0},
         schedules=("linear", "exponential", "inverse-exponential"), stage_counts=(1, 2, 3, 4),
         train_sizes=(100, 300, 1000),
     ),
@@ -98,6 +90,17 @@ CONFIGS: dict[str, RunConfig] = {
 # Shared by every trained method: start PromptIntern where full-prompt fine-tuning is (whole template,
 # 5 examples). Every local method, the base model included, runs on the same Q8_0 quantization: a merged
 # model re-quantized to 4 bits loses its fine-tuning (see the README), and Q8_0 evaluates prompts faster.
+# Prompt distillation of the "+ distillation" rows (and the centre of its ablations): the teacher is the
+# full-prompt fine-tune, its top-64 at every answer token, half cross-entropy, half KL.
+DISTILL = {
+    "distill_alpha": 0.5,
+    "distill_topk": 64,
+    "distill_temperature": 1.0,
+    "distill_teacher": "finetune",
+}
+DISTILL_ALPHAS = (0.0, 0.5, 1.0)
+DISTILL_TOPKS = (1, 16, 64)
+DISTILL_TEACHERS = ("base", "finetune")
 TRAIN_DEFAULTS = {
     "template_ratio_start": 1.0,
     "examples_start": 5,
@@ -162,6 +165,7 @@ def run_dataset(
     train_cfg = load_config(overrides={**TRAIN_DEFAULTS, **rc.train, "threads": threads})
     base = load_base(smollm2_gguf_path())
     base_gguf = _base_in_quant(base, work_dir, train_cfg.quant)
+    want = _wanted(args.methods)
     results = Results(
         out_dir,
         task.name,
@@ -180,7 +184,9 @@ def run_dataset(
             "primary_metric": task.primary_metric,
             "price_model": prices.to_dict() | {"notes": "see benchmarks/paper_cost.py"},
             "command": " ".join(sys.argv),
+            "distill": DISTILL,
         },
+        stem=task.name + args.suffix,
     )
     say(
         f"config {rc.name}: {task.name}, {len(dev)} dev / {len(pool)} pool / {rc.n_train} train; "
@@ -200,41 +206,61 @@ def run_dataset(
 
     # 1. Untrained methods, on the base GGUF.
     runner = LlamaRunner(base_gguf, n_ctx=n_ctx, n_threads=threads)
-    say("base model, full prompt (no prefix reuse)")
-    results.add_method("base_full", measured_entry(task, dev, runner.measure(full, rc.max_tokens), cost))
-    say("base model, fixed examples, prefix KV cache reused")
-    entry = measured_entry(task, dev, runner.measure(fixed_full, rc.max_tokens, reuse_prefix=True), cost)
-    results.add_method("base_full_cached", entry)
+    if want("base_full"):
+        say("base model, full prompt (no prefix reuse)")
+        results.add_method("base_full", measured_entry(task, dev, runner.measure(full, rc.max_tokens), cost))
+    if want("base_full_cached"):
+        say("base model, fixed examples, prefix KV cache reused")
+        entry = measured_entry(task, dev, runner.measure(fixed_full, rc.max_tokens, reuse_prefix=True), cost)
+        results.add_method("base_full_cached", entry)
     static_tokens = {
         "retrieved": len(runner.llm.tokenize(task.instructions.encode(), add_bos=False)),
         "fixed": len(runner.llm.tokenize(prompts.context_text(task, fixed).encode(), add_bos=False)),
     }
-    say("compressing instructions + examples by token surprisal (50% and 25%)")
-    compressed = _compress_contexts(task, base, dev_shots, (0.5, 0.25))
-    for ratio, (contexts, seconds) in compressed.items():
-        messages = [prompts.compressed_messages(c, r.query) for c, r in zip(contexts, dev, strict=True)]
-        entry = measured_entry(task, dev, runner.measure(messages, rc.max_tokens), cost)
-        entry["compression_ms_per_request"] = 1000 * seconds / max(len(dev), 1)
-        results.add_method(f"base_compressed_{int(ratio * 100)}", entry)
-    add_upstream_costs(results, prices, static_tokens)
+    if want("base_compressed_50") or want("base_compressed_25"):
+        say("compressing instructions + examples by token surprisal (50% and 25%)")
+        compressed = _compress_contexts(task, base, dev_shots, (0.5, 0.25))
+        for ratio, (contexts, seconds) in compressed.items():
+            messages = [prompts.compressed_messages(c, r.query) for c, r in zip(contexts, dev, strict=True)]
+            entry = measured_entry(task, dev, runner.measure(messages, rc.max_tokens), cost)
+            entry["compression_ms_per_request"] = 1000 * seconds / max(len(dev), 1)
+            results.add_method(f"base_compressed_{int(ratio * 100)}", entry)
+    if "base_full" in results.methods and "base_full_cached" in results.methods:
+        add_upstream_costs(results, prices, static_tokens)
     runner.close()
 
-    # 2. Trained methods (cheapest first), each exported to a Q8_0 GGUF and served by llama.cpp.
+    # 2. Trained methods (cheapest first), each exported to a Q8_0 GGUF and served by llama.cpp. The
+    # full-prompt fine-tune is PromptIntern's first stage (shared) and the distilled methods' teacher; it is
+    # evaluated last, on full prompts, the slowest evaluation.
+    distill_cfg = dataclasses.replace(train_cfg, **DISTILL)
     specs = [
-        (query_only_spec(), query_only),
-        (promptintern_spec("promptintern", train_cfg), query_only),
-        (full_prompt_spec(), full),
+        (query_only_spec(), query_only, train_cfg),
+        (promptintern_spec("promptintern", train_cfg), query_only, train_cfg),
+        (promptintern_spec("promptintern_distill", distill_cfg), query_only, distill_cfg),
+        (query_only_spec("ft_query_distill"), query_only, distill_cfg),
+        (full_prompt_spec(), full, train_cfg),
     ]
     trained: dict[str, Any] = {}
     # Time to serve the dev set once with a full prompt: what evaluating a trained method may cost.
-    eval_s = results.methods["base_full"]["perf"]["latency_p50_ms"] / 1000 * (len(dev) + 1)
-    for spec, requests in specs:
+    p50_s = results.methods.get("base_full", {}).get("perf", {}).get("latency_p50_ms", 5000) / 1000
+    eval_s = p50_s * (len(dev) + 1)
+    for spec, requests, cfg in specs:
+        if not want(spec.key):
+            continue
         if budget.left_s() < 60:
             results.skip(spec.key, f"time budget of {rc.budget_min} min spent")
             continue
         say(f"training {spec.key}: stages {[(s.template_ratio, s.n_examples) for s in spec.stages]}")
         try:
-            model = trainer.train(spec, train_cfg, rc.n_train, say, max_seconds=budget.left_s() - eval_s)
+            teacher = None
+            if spec.key == "ft_query_distill":  # one stage: its teacher is the separate full-prompt fine-tune
+                full_ft = trainer.train(
+                    full_prompt_spec(), train_cfg, rc.n_train, say, budget.left_s() - eval_s
+                )
+                teacher = full_ft.adapter_path
+            model = trainer.train(
+                spec, cfg, rc.n_train, say, max_seconds=budget.left_s() - eval_s, teacher_adapter=teacher
+            )
         except OverBudget as exc:
             results.skip(spec.key, f"time budget of {rc.budget_min} min: {exc}")
             continue
@@ -251,7 +277,16 @@ def run_dataset(
     # 3. Ablations: PromptIntern variants, query-only on a dev subset; the main runs are reused where equal.
     try:
         _run_ablations(
-            results, task, rc, train_cfg, trainer, dev[: rc.n_dev_ablation], budget, n_ctx, threads
+            results,
+            task,
+            rc,
+            train_cfg,
+            trainer,
+            dev[: rc.n_dev_ablation],
+            budget,
+            n_ctx,
+            threads,
+            args.ablations.split(","),
         )
     except Exception as exc:  # the main table is already written; record why the ablations stopped
         results.skip("ablations", f"{type(exc).__name__}: {exc}")
@@ -302,7 +337,12 @@ def _compress_contexts(task: Task, base, dev_shots, ratios) -> dict[float, tuple
     return out
 
 
-def _run_ablations(results, task, rc, train_cfg, trainer, dev, budget, n_ctx, threads) -> None:
+def _wanted(methods: str) -> Any:
+    chosen = {m.strip() for m in methods.split(",") if m.strip()}
+    return lambda key: "all" in chosen or key in chosen
+
+
+def _run_ablations(results, task, rc, train_cfg, trainer, dev, budget, n_ctx, threads, kinds) -> None:
     from benchmarks.paper_train import OverBudget, promptintern_spec, query_only_spec
 
     requests = [prompts.query_messages(r.query) for r in dev]
@@ -310,11 +350,21 @@ def _run_ablations(results, task, rc, train_cfg, trainer, dev, budget, n_ctx, th
     # every PromptIntern variant reuses the shared full-prompt first stage; the costliest points come last.
     stage_points = [("stages", t, {"stages": t - 1}, rc.n_train) for t in rc.stage_counts]
     cheap = [p for p in stage_points if p[1] <= rc.schedule_stages + 1]
-    points = cheap + [
+    # Distillation: one setting moved at a time from the main "+ distillation" row (which is reused).
+    distill_points = [
+        ("distill_alpha", a, {**DISTILL, "distill_alpha": a}, rc.n_train) for a in DISTILL_ALPHAS
+    ]
+    distill_points += [("distill_topk", k, {**DISTILL, "distill_topk": k}, rc.n_train) for k in DISTILL_TOPKS]
+    distill_points += [
+        ("distill_teacher", t, {**DISTILL, "distill_teacher": t}, rc.n_train) for t in DISTILL_TEACHERS
+    ]
+    points = cheap + distill_points
+    points += [
         ("schedule", s, {"schedule": s, "stages": rc.schedule_stages}, rc.n_train) for s in rc.schedules
     ]
     points += [p for p in stage_points if p not in cheap]
     points += [("train_size", n, {}, n) for n in rc.train_sizes]
+    points = [p for p in points if "all" in kinds or p[0] in kinds]
     for kind, value, overrides, n_train in points:
         if n_train > len(trainer.records):
             results.skip(f"ablation {kind}={value}", f"only {len(trainer.records)} training requests loaded")
@@ -357,10 +407,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-min", type=float, default=None, help="override the config's time budget")
     parser.add_argument("--n-train", type=int, default=None, help="override the training requests")
     parser.add_argument(
+        "--n-dev", type=int, default=None, help="override the dev requests (main and ablations)"
+    )
+    parser.add_argument(
         "--upstream-model", default="gpt-4o-mini", help="litellm cost-map name for API prices"
     )
     parser.add_argument("--local-price-per-hour", type=float, default=0.10, help="dollars per machine-hour")
     parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument(
+        "--methods",
+        default="all",
+        help="comma-separated method keys to run (default: all), e.g. ft_full,ft_query",
+    )
+    parser.add_argument(
+        "--ablations",
+        default="all",
+        help="comma-separated ablation kinds (schedule, stages, train_size, distill_alpha, distill_topk, "
+        "distill_teacher), 'all' or 'none'",
+    )
+    parser.add_argument("--suffix", default="", help="results file names: <dataset><suffix>.json/.md/.png")
     args = parser.parse_args(argv)
     rc = CONFIGS[args.config]
     if args.budget_min is not None:
@@ -368,6 +433,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.n_train is not None:
         sizes = tuple(sorted({args.n_train, *rc.train_sizes}))
         rc = dataclasses.replace(rc, n_train=args.n_train, train_sizes=sizes)
+    if args.n_dev is not None:
+        rc = dataclasses.replace(rc, n_dev=args.n_dev, n_dev_ablation=args.n_dev)
     datasets = list(TASKS) if args.dataset == "all" else [args.dataset]
     say(f"running config '{rc.name}' on {', '.join(datasets)}: {rc}")
     for name in datasets:
@@ -375,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_plots:
             from benchmarks.paper_plots import write_plots
 
-            write_plots(results.data, args.out)
+            write_plots(results.data, args.out, results.json_path.stem)
         say(f"{name}: wrote {results.json_path} and {results.md_path} (config '{rc.name}')")
     return 0
 

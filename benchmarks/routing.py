@@ -15,9 +15,16 @@ app's prompt with its last instruction changed: the matcher's worst case, since 
 matches and the mismatch is found late) and the gateway's own time (`x-promptintern-overhead-ms`) and
 end-to-end latency are compared.
 
-Loopback only, bounded by --n. Writes benchmarks/results/routing.{json,md,png} and prints the command.
+Part 3 (`--backends`, on its own), the price of serving local models out of process: the same query-only
+requests served by the in-process llama.cpp pool (`local_backend: llama_cpp`) and by the default supervised
+llama.cpp server child (`llama_cpp_server`), two gateways running at once and taking turns request by
+request. Part 1 pins the in-process pool, as when its figures were first recorded.
+
+Loopback only, bounded by --n. Writes benchmarks/results/routing.{json,md,png} (part 3:
+routing_backends.{json,md}) and prints the command.
   .venv/bin/python benchmarks/routing.py             # ~6 minutes on 2 cores
   .venv/bin/python benchmarks/routing.py --quick     # smoke run, ~2 minutes
+  .venv/bin/python benchmarks/routing.py --backends  # part 3 only, ~2 minutes
 """
 
 from __future__ import annotations
@@ -39,11 +46,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# Both llama.cpp instances (the embedded upstream server, a subprocess, and the in-process local pool) get
-# the same threading policy: spinning OpenMP threads starve each other on a shared, busy machine.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from gateway.environment import apply_defaults  # noqa: E402
+
+apply_defaults()  # both llama.cpp instances (the embedded server, the local pool) sleep while waiting
 
 from demo.nl2bash_app import NL2BashApp, load_pairs  # noqa: E402
 from gateway.app import create_app  # noqa: E402
@@ -146,7 +151,9 @@ PATHS = {  # name -> (route mode, expected route header, evict the upstream's ca
 def latency_part(
     home: Path, app: NL2BashApp, queries: list[str], n: int, rounds: int, max_tokens: int
 ) -> dict:
-    settings = Settings(home=home, local_threads=os.cpu_count() or 2, router_poll_s=0.2)
+    settings = Settings(
+        home=home, local_threads=os.cpu_count() or 2, router_poll_s=0.2, local_backend="llama_cpp"
+    )
     settings.ensure_home()
     template_id = seed(settings.db_path, app, queries[:20])
     url, stop = serve(settings)
@@ -265,6 +272,78 @@ def matcher_micro(matcher: Matcher, bodies: list[dict]) -> dict[str, float]:
     return stats(times)
 
 
+# ---- part 3: in-process llama.cpp vs a supervised llama.cpp server child ---------------------------------
+
+BACKENDS = {"llama_cpp": "in-process llama.cpp", "llama_cpp_server": "llama.cpp server child (default)"}
+
+
+def backends_part(home: Path, app: NL2BashApp, queries: list[str], n: int, max_tokens: int) -> dict:
+    """Both gateways run at once and take turns, so machine noise hits them alike."""
+    measured: dict[str, list[float]] = {name: [] for name in BACKENDS}
+    with FakeUpstreamProcess(latency_ms=0) as fake, httpx.Client(timeout=300) as client:
+        gateways = {}
+        for backend in BACKENDS:
+            settings = Settings(
+                home=home / backend,
+                models=[UpstreamModel(name="fake", litellm_model="openai/echo", api_base=fake.url,
+                                      api_key="sk-fake", transport="direct")],
+                local_backend=backend, local_threads=os.cpu_count() or 2, router_poll_s=0.2,
+            )  # fmt: skip
+            settings.ensure_home()
+            template_id = seed(settings.db_path, app, queries[:20])
+            set_mode(settings.db_path, template_id, "active")
+            gateways[backend] = serve(settings)
+        try:
+            for url, _ in gateways.values():
+                warm = {"model": "fake", "messages": app.messages(queries[0]), "max_tokens": 1}
+                wait_route(client, url, warm, "local")
+            for query in queries[20 : 20 + n]:
+                body = {"model": "fake", "messages": app.messages(query), "max_tokens": max_tokens,
+                        "temperature": 0}  # fmt: skip
+                for backend, (url, _) in gateways.items():
+                    elapsed, response = post(client, url, body)
+                    assert response.headers["x-promptintern-route"] == "local"
+                    measured[backend].append(elapsed)
+        finally:
+            for _, stop in gateways.values():
+                stop()
+    results = {name: stats(values) for name, values in measured.items()}
+    results["added_p50_ms"] = results["llama_cpp_server"]["p50"] - results["llama_cpp"]["p50"]
+    results["added_p95_ms"] = results["llama_cpp_server"]["p95"] - results["llama_cpp"]["p95"]
+    results["max_tokens"] = max_tokens
+    results["raw_ms"] = measured
+    return results
+
+
+def write_backends_markdown(result: dict, path: Path) -> None:
+    part = result["backends"]
+    lines = [
+        "# Local serving: in-process llama.cpp vs a supervised llama.cpp server child",
+        "",
+        f"Command: `{result['command']}`  ",
+        f"Machine: {result['machine']}, {result['date']}",
+        "",
+        "Matched NL2Bash requests served query-only by SmolLM2-135M (Q4_1), "
+        f"max_tokens={part['max_tokens']}, greedy, end to end through the gateway. Both gateways ran at once "
+        "and took turns request by request.",
+        "",
+        "| local backend | requests | p50 ms | p95 ms | mean ms |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, label in BACKENDS.items():
+        p = part[name]
+        lines.append(f"| {label} | {p['n']} | {p['p50']:.0f} | {p['p95']:.0f} | {p['mean']:.0f} |")
+    lines += [
+        "",
+        f"The child adds {part['added_p50_ms']:.1f} ms at p50 and {part['added_p95_ms']:.1f} ms at p95 (one "
+        "loopback HTTP hop and llama-cpp-python's server; for streams, the gateway also counts the tokens "
+        "with the GGUF's tokenizer). In exchange a GGUF that crashes llama.cpp takes down the child, not the "
+        "gateway.",
+        "",
+    ]
+    path.write_text("\n".join(lines))
+
+
 # ---- output -------------------------------------------------------------------------------------------
 
 
@@ -364,6 +443,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--overhead-n", type=int, default=400, help="unmatched requests per gateway (part 2)")
     parser.add_argument("--quick", action="store_true", help="smoke run: --n 8 --rounds 2 --overhead-n 100")
+    parser.add_argument("--backends", action="store_true", help="part 3 only: in-process vs child")
+    parser.add_argument("--backends-n", type=int, default=24, help="requests per local backend (part 3)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if args.quick:
@@ -376,6 +457,22 @@ def main(argv: list[str] | None = None) -> None:
         "LITELLM_LOCAL_MODEL_COST_MAP=True HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/routing.py "
         + shlex.join(argv if argv is not None else sys.argv[1:])
     )
+    if args.backends:
+        with tempfile.TemporaryDirectory(prefix="routing-bench-") as tmp:
+            print("part 3: in-process llama.cpp vs llama.cpp server child", flush=True)
+            part = backends_part(Path(tmp), app, queries, args.backends_n, args.max_tokens)
+        result = {
+            "command": command.strip(),
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+            "backends": part,
+        }
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "routing_backends.json").write_text(json.dumps(result, indent=2))
+        write_backends_markdown(result, args.out / "routing_backends.md")
+        print((args.out / "routing_backends.md").read_text())
+        print(f"command: {command.strip()}")
+        return
     with tempfile.TemporaryDirectory(prefix="routing-bench-") as tmp:
         print("part 1: full prompt upstream vs query-only local", flush=True)
         latency = latency_part(Path(tmp) / "latency", app, queries, args.n, args.rounds, args.max_tokens)

@@ -104,7 +104,8 @@ def replay(base_url: str, model: str, requests: Sequence[AppRequest], max_tokens
 
 def log_summary(settings: Settings, request_ids: Sequence[str]) -> dict[str, Any]:
     """Usage totals of these requests, read back from the log."""
-    from gateway.cli.logs import percentile, usage_summary
+    from gateway.accounting.report import percentile
+    from gateway.cli.logs import usage_summary
     from gateway.log.store import open_db
 
     db = open_db(settings.db_path)
@@ -115,7 +116,7 @@ def log_summary(settings: Settings, request_ids: Sequence[str]) -> dict[str, Any
         overheads = [r["overhead_ms"] for r in db.query(f"SELECT overhead_ms FROM requests{where}", ids)]
     finally:
         db.close()
-    summary["overhead_ms_p50"] = percentile(sorted(v for v in overheads if v is not None), 50)
+    summary["overhead_ms_p50"] = percentile([v for v in overheads if v is not None], 50)
     return summary
 
 

@@ -24,7 +24,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
-DATA_DIR = Path(__file__).resolve().parents[1] / "data" / "nl2bash"
+DATA_DIR = Path(__file__).resolve().parent / "data" / "nl2bash"  # package data: ships in the wheel
 
 ExampleMode = Literal["fixed", "retrieved"]
 Layout = Literal["turns", "inline"]

@@ -26,7 +26,7 @@ def template_figures(report: dict[str, Any], template_id: str) -> dict[str, Any]
 def savings_figures(
     settings: Settings, template_id: str, started: datetime, fresh: datetime
 ) -> dict[str, Any]:
-    """Token, cost and latency figures of the routed template, from H5's report."""
+    """Token, cost and latency figures of the routed template, from the savings report."""
     from gateway.accounting.report import build_report
     from gateway.log.store import open_db
 

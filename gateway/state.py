@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from gateway.accounting.pricing import Pricer
+from gateway.accounting.ledger import Ledger
 from gateway.api.auth import Authenticator
-from gateway.api.backends import ChooseBackend, ModelRegistry
+from gateway.api.backends import ModelRegistry
 from gateway.api.metrics import GatewayMetrics
+from gateway.api.scrub import Scrubber
 from gateway.local.tokens import TokenCounters
 from gateway.log.writer import LogWriter
 from gateway.routing.router import Router
@@ -22,8 +23,9 @@ class Gateway:
     upstream: Upstream
     writer: LogWriter
     metrics: GatewayMetrics
-    pricer: Pricer
+    ledger: Ledger
     auth: Authenticator
-    choose_backend: ChooseBackend
     token_counters: TokenCounters = field(default_factory=TokenCounters)
     router: Router | None = None  # None: routing disabled, every request goes upstream
+    scrubber: Scrubber = field(default_factory=Scrubber)  # what leaves the gateway carries no secret
+    metrics_auth: Authenticator = field(default_factory=lambda: Authenticator([]))  # api + metrics keys

@@ -7,7 +7,6 @@ carries a quantizer marker that blocks saving, so it is rebuilt as a plain model
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from gateway.environment import apply_defaults
 from gateway.settings import Settings
 
 
@@ -85,7 +85,7 @@ def _plain_copy(model: Any) -> Any:
 def load_base(path: Path, device: torch.device | None = None) -> BaseModel:
     """Base model (float32, eval mode, on `device`) + tokenizer from a GGUF file or an HF directory."""
     path = Path(path)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    apply_defaults()
     logging.getLogger("transformers").setLevel(logging.ERROR)
     try:
         if path.is_dir():

@@ -12,6 +12,7 @@ import sqlite_utils
 
 from gateway.cli import CliError, get_settings
 from gateway.log.store import open_db
+from gateway.routing.routes_store import like_prefix
 
 SLOT_MARKER = re.compile(r"\{\{[A-Za-z_][A-Za-z0-9_]*\}\}")
 ROLE_HEADER = re.compile(r"^\[(system|user|assistant)\]$", re.MULTILINE)
@@ -235,7 +236,11 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
 
 
 def _find_template(db: sqlite_utils.Database, template_id: str) -> dict[str, Any]:
-    rows = list(db.query("select * from templates where id like ? order by id", [template_id + "%"]))
+    rows = list(
+        db.query(
+            "select * from templates where id like ? escape '\\' order by id", [like_prefix(template_id)]
+        )
+    )
     exact = [row for row in rows if row["id"] == template_id]
     if exact:
         return exact[0]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,7 @@ import sqlite_utils
 
 from gateway.cli import CliError, get_settings
 from gateway.log.store import open_db
+from gateway.routing.routes_store import like_prefix
 from gateway.settings import Settings
 
 # Failures a user can act on; anything else is a bug and keeps its traceback.
@@ -23,7 +26,11 @@ USER_ERRORS = (
     "ExportError",
     "RegistryError",
     "GGUFWriteError",
+    "PlanError",
 )
+# With a night's budget, a template is not started with less than this left (loading and planning alone
+# take about a minute on 2 cores).
+MIN_JOB_MIN = 2.0
 
 
 def _open(settings: Settings) -> sqlite_utils.Database:
@@ -31,11 +38,16 @@ def _open(settings: Settings) -> sqlite_utils.Database:
     return open_db(settings.db_path)
 
 
-def _config(settings: Settings, config_file: str | None, overrides: tuple[str, ...]) -> Any:
+def _config(
+    settings: Settings, config_file: str | None, overrides: tuple[str, ...], budget_min: float | None = None
+) -> Any:
     from internalizer.config import ConfigError, load_config, parse_overrides
 
     try:
-        return load_config(config_file or settings.internalize_config, parse_overrides(overrides))
+        values = parse_overrides(overrides)
+        if budget_min is not None:
+            values["budget_min"] = budget_min
+        return load_config(config_file or settings.internalize_config, values)
     except ConfigError as exc:
         raise CliError(str(exc)) from exc
 
@@ -46,7 +58,8 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _resolve_template(db: sqlite_utils.Database, prefix: str) -> str:
-    rows = [r["id"] for r in db.query("select id from templates where id like ?", [prefix + "%"])]
+    sql = "select id from templates where id like ? escape '\\'"
+    rows = [r["id"] for r in db.query(sql, [like_prefix(prefix)])]
     if prefix in rows:
         return prefix
     if len(rows) == 1:
@@ -59,6 +72,12 @@ def _resolve_template(db: sqlite_utils.Database, prefix: str) -> str:
 _config_options = [
     click.option(
         "--config", "config_file", type=click.Path(dir_okay=False), help="Internalization config YAML."
+    ),
+    click.option(
+        "--budget-min",
+        type=click.FloatRange(min=0.0, min_open=True),
+        default=None,
+        help="Minutes the job may take (nightly: all templates together). Same as -o budget_min=N.",
     ),
     click.option(
         "-o", "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key."
@@ -113,16 +132,34 @@ def compress(
 
 
 def _run_one(
-    settings: Settings, template_id: str, cfg: Any, labels: Path | None, as_json: bool
+    settings: Settings,
+    template_id: str,
+    cfg: Any,
+    labels: Path | None,
+    as_json: bool,
+    queries: Path | None = None,
 ) -> dict[str, Any]:
     from internalizer.job import internalize as run_job
 
     say = (lambda m: None) if as_json else (lambda m: click.echo(f"  {m}", err=True))
     try:
-        result = run_job(settings, template_id, cfg, labels_path=labels, progress=not as_json, say=say)
+        result = run_job(
+            settings,
+            template_id,
+            cfg,
+            labels_path=labels,
+            progress=not as_json,
+            say=say,
+            queries_path=queries,
+        )
     except Exception as exc:
         if type(exc).__name__ in USER_ERRORS:
-            return {"template_id": template_id, "status": "failed", "error": _one_line(exc)}
+            return {
+                "template_id": template_id,
+                "status": "failed",
+                "error": _one_line(exc),
+                "error_type": type(exc).__name__,
+            }
         raise
     return asdict(result)
 
@@ -146,7 +183,7 @@ def _summary_table(rows: list[dict[str, Any]], gate_metric: str) -> None:
             f"{ref:.3f}" if ref is not None else "-",
             str(row.get("timings_s", {}).get("train", "-")),
             f"{row.get('gguf_size_bytes', 0) / 2**20:.1f}" if row.get("gguf_size_bytes") else "-",
-            row.get("error") or "; ".join(row.get("notes") or []),
+            row.get("error") or row.get("reason") or "; ".join(row.get("notes") or []),
         )
     Console(stderr=False).print(table)
 
@@ -170,6 +207,11 @@ def _report(rows: list[dict[str, Any]], gate_metric: str, as_json: bool) -> None
     "--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Targets (JSONL)."
 )
 @click.option(
+    "--queries",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help='More queries (JSONL, {"query": ...} a line) the teacher answers; needs distill_alpha < 1.',
+)
+@click.option(
     "--min-saving", default=0.0, show_default=True, help="With --all: est. monthly saving ($) needed."
 )
 @_with_config_options
@@ -180,14 +222,19 @@ def internalize(
     template_id: str | None,
     all_templates: bool,
     labels: Path | None,
+    queries: Path | None,
     min_saving: float,
     config_file: str | None,
+    budget_min: float | None,
     overrides: tuple[str, ...],
     as_json: bool,
 ) -> None:
-    """Fine-tune a local model that answers TEMPLATE_ID's requests from the query alone."""
+    """Fine-tune a local model that answers TEMPLATE_ID's requests from the query alone.
+
+    Before training it prints its plan (stages, records, tokens, expected minutes); with --budget-min N
+    the template stages train on fewer records so that each job fits in N minutes."""
     settings = get_settings(ctx)
-    cfg = _config(settings, config_file, overrides)
+    cfg = _config(settings, config_file, overrides, budget_min)
     db = _open(settings)
     if all_templates == bool(template_id):
         raise CliError("give a TEMPLATE_ID or --all (not both)")
@@ -204,7 +251,9 @@ def internalize(
             raise CliError(f"no template has {cfg.min_requests}+ requests and ${min_saving}+ monthly saving")
     else:
         ids = [_resolve_template(db, template_id or "")]
-    rows = [_run_one(settings, tid, cfg, labels, as_json) for tid in ids]
+    if queries and all_templates:
+        raise CliError("--queries belongs to one template: give a TEMPLATE_ID, not --all")
+    rows = [_run_one(settings, tid, cfg, labels, as_json, queries) for tid in ids]
     _report(rows, cfg.gate_metric, as_json)
 
 
@@ -253,7 +302,10 @@ def _change_status(ctx: click.Context, model_id: str, action: str) -> None:
 
     db = _open(get_settings(ctx))
     try:
-        row = registry.activate(db, model_id) if action == "activate" else registry.retire(db, model_id)
+        if action == "activate":  # a person asked: the route serves this model (mode active)
+            row = registry.activate(db, model_id, by_operator=True)
+        else:
+            row = registry.retire(db, model_id)
     except registry.RegistryError as exc:
         raise CliError(str(exc)) from exc
     click.echo(f"model {row['id']} is now {row['status']} (template {row['template_id']})")
@@ -305,13 +357,23 @@ def templates_due(db: sqlite_utils.Database, min_requests: int, min_growth: floa
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def nightly(
-    ctx: click.Context, min_growth: float, config_file: str | None, overrides: tuple[str, ...], as_json: bool
+    ctx: click.Context,
+    min_growth: float,
+    config_file: str | None,
+    budget_min: float | None,
+    overrides: tuple[str, ...],
+    as_json: bool,
 ) -> None:
-    """Mine the log, then internalize every template that qualifies (for cron)."""
+    """Mine the log, then internalize every template that qualifies (for cron).
+
+    With --budget-min N the whole night takes about N minutes: templates go largest expected saving first,
+    each gets the time still left, and those that do not fit are left for the next night."""
     from internalizer.mine import mine as run_mine
 
+    started = time.monotonic()
     settings = get_settings(ctx)
     cfg = _config(settings, config_file, overrides)
+    total = budget_min if budget_min is not None else 0.0
     db = _open(settings)
     mined = run_mine(db)
     if not as_json:
@@ -323,5 +385,30 @@ def nightly(
         else:
             click.echo("Nothing to internalize: no template has enough new traffic.")
         return
-    rows = [_run_one(settings, tid, cfg, None, as_json) for tid in due]
+    rows = _run_within(settings, due, cfg, total, started, as_json)
+    left = [r["template_id"][:12] for r in rows if r["status"] == "left"]
+    if left and not as_json:
+        click.echo(f"left for the next night: {', '.join(left)}", err=True)
     _report(rows, cfg.gate_metric, as_json)
+
+
+def _run_within(
+    settings: Settings, ids: list[str], cfg: Any, total_min: float, started: float, as_json: bool
+) -> list[dict[str, Any]]:
+    """Internalize `ids` in order; with `total_min`, each job gets the minutes still left, and a template
+    with too little time left (or whose plan does not fit it) is left for the next run."""
+    rows = []
+    for template_id in ids:
+        if not total_min:
+            rows.append(_run_one(settings, template_id, cfg, None, as_json))
+            continue
+        left_min = total_min - (time.monotonic() - started) / 60
+        if left_min < MIN_JOB_MIN:
+            reason = f"{max(left_min, 0):.1f} min of the night's budget left"
+            rows.append({"template_id": template_id, "status": "left", "reason": reason})
+            continue
+        row = _run_one(settings, template_id, dataclasses.replace(cfg, budget_min=left_min), None, as_json)
+        if row.get("error_type") == "PlanError":
+            row = {"template_id": template_id, "status": "left", "reason": row["error"]}
+        rows.append(row)
+    return rows

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 SCHEDULES = ("linear", "exponential", "inverse-exponential")
+TEACHERS = ("finetune", "base")
 QUANTS = ("f32", "f16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0")
 
 
@@ -36,11 +37,29 @@ class InternalizeConfig:
     epochs_per_stage: float = 1.0
     final_stage_epochs: float = 2.0  # the query-only stage is what gets served: train it longer
     steps_per_stage: int = 0  # > 0 overrides the epochs (tests, benchmarks)
-    batch_size: int = 4  # packed rows per optimizer step
-    seq_len: int = 256  # longest training sequence; longer examples lose shots first, then are skipped
-    # Tokens per packed row (0 = seq_len). Smaller rows give short query-only sequences more optimizer steps
-    # while long full-prompt sequences (up to seq_len) still fit, one per row.
-    pack_tokens: int = 0
+    batch_size: int = 16  # records per optimizer step (packed into as few rows as fit)
+    # Longest training sequence; 0 = the base model's context. A longer record loses shots first, then is
+    # trained on a more compressed template (the run summary counts both).
+    seq_len: int = 0
+    pack_tokens: int = 0  # tokens per packed row; 0 = a step's records behind one prefix, up to 4,096
+    # Rows wider than this recompute their activations in the backward pass (memory over speed); 0 = never.
+    checkpoint_tokens: int = 2048
+    # Pack the template text every record of a stage begins with once per row, not once per record. Off
+    # trains the same records and loss on whole sequences (for comparisons).
+    shared_prefix: bool = True
+    # Minutes the whole job may take (0 = no limit): template stages then train on fewer records; the
+    # final query-only stage always trains on every record.
+    budget_min: float = 0.0
+    # Distillation of the prompt: the stages after the first template stage (those that see less of the
+    # prompt) train on alpha * cross-entropy + (1 - alpha) * KL(teacher's top-K || student), the teacher
+    # seeing the whole prompt. alpha = 1 is plain cross-entropy on the answers (no teacher pass).
+    distill_alpha: float = 1.0
+    distill_topk: int = 64  # teacher log-probabilities kept per answer token (plus the rest's mass)
+    distill_temperature: float = 1.0
+    # finetune = the model after the first (full-template) stage; base = the base model, full prompt.
+    distill_teacher: str = "finetune"
+    # Requests without a usable answer (logged ones, and `--queries`) the teacher answers greedily, at most.
+    distill_write_max: int = 256
     lr: float = 1e-3
     warmup_steps: int = 5
     lora_r: int = 8
@@ -96,14 +115,28 @@ class InternalizeConfig:
             raise ConfigError("template_ratio_start must be within [0, 1]")
         if not 0.0 < self.eval_fraction < 1.0:
             raise ConfigError("eval_fraction must be within (0, 1)")
-        if self.seq_len < 16 or self.batch_size < 1:
-            raise ConfigError("seq_len must be >= 16 and batch_size >= 1")
-        if self.pack_tokens < 0:
-            raise ConfigError("pack_tokens must be >= 0 (0 = seq_len)")
+        if (self.seq_len and self.seq_len < 16) or self.seq_len < 0 or self.batch_size < 1:
+            raise ConfigError("seq_len must be 0 (the model's context) or >= 16, and batch_size >= 1")
+        if self.pack_tokens < 0 or self.checkpoint_tokens < 0:
+            raise ConfigError("pack_tokens and checkpoint_tokens must be >= 0 (0 = automatic / never)")
+        if not 0.0 <= self.distill_alpha <= 1.0:
+            raise ConfigError("distill_alpha must be within [0, 1] (1 = no distillation)")
+        if self.distill_topk < 1 or self.distill_temperature <= 0:
+            raise ConfigError("distill_topk must be >= 1 and distill_temperature > 0")
+        if self.distill_teacher not in TEACHERS:
+            raise ConfigError(
+                f"distill_teacher must be one of {', '.join(TEACHERS)}, not {self.distill_teacher!r}"
+            )
+        if self.budget_min < 0:
+            raise ConfigError("budget_min must be >= 0 (0 = no limit)")
         if not 0.0 < self.route_target <= 1.0 or not 0.5 <= self.route_level < 1.0:
             raise ConfigError("route_target must be within (0, 1] and route_level within [0.5, 1)")
         if self.route_signal not in ("mean", "min", "sum"):
             raise ConfigError(f"route_signal must be mean, min or sum, not {self.route_signal!r}")
+
+    @property
+    def distills(self) -> bool:
+        return self.distill_alpha < 1.0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -129,8 +162,16 @@ class InternalizeConfig:
             "base_model stages schedule template_ratio_start examples_start epochs_per_stage "
             "final_stage_epochs steps_per_stage batch_size seq_len pack_tokens lr warmup_steps lora_r "
             "lora_alpha lora_dropout lora_targets "
-            "seed eval_fraction min_eval max_eval max_train"
+            "seed eval_fraction min_eval max_eval max_train budget_min"
         ).split()
+        if self.distills:  # without distillation, run directories stay those of plain training
+            keys += [
+                "distill_alpha",
+                "distill_topk",
+                "distill_temperature",
+                "distill_teacher",
+                "distill_write_max",
+            ]
         blob = json.dumps({k: getattr(self, k) for k in keys}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:10]
 

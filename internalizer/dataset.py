@@ -60,6 +60,8 @@ class TemplateData:
     examples: list[Example]
     train: list[Record]
     eval: list[Record]
+    # Logged requests with no usable upstream answer (missing or failed): a teacher can answer them.
+    unanswered: list[Record] = field(default_factory=list)
 
 
 def load_labels(path: Path) -> dict[str, str]:
@@ -82,10 +84,47 @@ def load_labels(path: Path) -> dict[str, str]:
     return labels
 
 
+def load_queries(path: Path) -> list[Record]:
+    """`--queries FILE.jsonl`: lines of {"query": text, optional "slots": {...}, optional "id"}; records
+    without a target, for a teacher to answer."""
+    records: list[Record] = []
+    try:
+        lines = Path(path).read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"cannot read queries file {path}: {exc}") from exc
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+            query = item["query"]
+            slots = item.get("slots") or {}
+            if not isinstance(query, str) or not query.strip() or not isinstance(slots, dict):
+                raise TypeError
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+            raise DatasetError(
+                f"{path}:{number}: expected a JSON object with a non-empty 'query' string"
+            ) from exc
+        key = str(item.get("id") or "query-" + hashlib.sha256(query.encode()).hexdigest()[:12])
+        records.append(Record(key, {**{str(k): str(v) for k, v in slots.items()}, "query": query}, ""))
+    if not records:
+        raise DatasetError(f"{path}: no queries (one JSON object per line, with a 'query')")
+    return records
+
+
 def load_records(
     db: sqlite_utils.Database, template_id: str, labels: dict[str, str] | None = None
 ) -> tuple[dict[str, Any], list[Example], list[Record]]:
     """The template row, its example pool and one record per successful logged request."""
+    template, pool, records, _ = load_all_records(db, template_id, labels)
+    return template, pool, records
+
+
+def load_all_records(
+    db: sqlite_utils.Database, template_id: str, labels: dict[str, str] | None = None
+) -> tuple[dict[str, Any], list[Example], list[Record], list[Record]]:
+    """The template row, its example pool, one record per logged request with a usable answer, and one
+    (no target) per logged request without one (failed or empty upstream call)."""
     template = next(iter(db.query("select * from templates where id = ?", [template_id])), None)
     if template is None:
         raise DatasetError(f"no template {template_id!r}: run `promptintern mine` first")
@@ -97,7 +136,7 @@ def load_records(
             [template_id],
         )
     ]
-    records = []
+    records, unanswered = [], []
     rows = db.query(
         "select rt.request_id, rt.query, rt.slots, rt.example_hashes, r.messages, r.response, r.status "
         "from request_templates rt join requests r on r.request_id = rt.request_id "
@@ -113,19 +152,19 @@ def load_records(
         if labels is not None:
             target = labels.get(row["request_id"], labels.get("query:" + slots.get("query", "")))
         elif row["status"] not in (None, 200):
-            continue  # a failed upstream call is no answer to learn from
-        if not target or not str(target).strip():
-            continue
-        records.append(
-            Record(
-                request_id=row["request_id"],
-                slots=slots,
-                target=str(target).strip(),
-                messages=_json(row["messages"], []) or [],
-                example_hashes=list(_json(row["example_hashes"], []) or []),
-            )
+            target = None  # a failed upstream call is no answer to learn from
+        record = Record(
+            request_id=row["request_id"],
+            slots=slots,
+            target=str(target or "").strip(),
+            messages=_json(row["messages"], []) or [],
+            example_hashes=list(_json(row["example_hashes"], []) or []),
         )
-    return template, pool, records
+        if record.target:
+            records.append(record)
+        elif labels is None and record.query.strip():
+            unanswered.append(record)
+    return template, pool, records, unanswered
 
 
 def split_records(
@@ -152,7 +191,7 @@ def load_template_data(
     labels_path: Path | None = None,
 ) -> TemplateData:
     labels = load_labels(labels_path) if labels_path else None
-    template, pool, records = load_records(db, template_id, labels)
+    template, pool, records, unanswered = load_all_records(db, template_id, labels)
     needed = max(min_requests, min_eval + 1)
     if len(records) < needed:
         raise DatasetError(
@@ -160,7 +199,13 @@ def load_template_data(
         )
     train, held_out = split_records(records, eval_fraction, min_eval, max_eval, max_train)
     return TemplateData(
-        template_id, template["name"] or template_id, template["static_text"] or "", pool, train, held_out
+        template_id,
+        template["name"] or template_id,
+        template["static_text"] or "",
+        pool,
+        train,
+        held_out,
+        unanswered,
     )
 
 

@@ -7,113 +7,18 @@ in TASK_METRICS -> a function(prediction, reference) -> float; "bash" compares c
 
 from __future__ import annotations
 
-import re
-import shlex
-from collections import Counter
 from collections.abc import Callable, Sequence
 
-_FENCE = re.compile(r"^```[\w-]*\n?|\n?```$")
-
-
-def normalise(text: str) -> str:
-    """Strip code fences, a leading `$ ` prompt and surrounding space; collapse runs of whitespace."""
-    text = _FENCE.sub("", text.strip()).strip()
-    text = re.sub(r"^\$\s+", "", text)
-    return re.sub(r"\s+", " ", text).strip()
+from gateway.scoring import chrf, normalise
+from internalizer.bash_template import bash_template
 
 
 def exact_match(prediction: str, reference: str) -> float:
     return float(normalise(prediction) == normalise(reference))
 
 
-def _char_ngrams(text: str, n: int) -> Counter[str]:
-    return Counter(text[i : i + n] for i in range(len(text) - n + 1))
-
-
-def chrf(prediction: str, reference: str, max_n: int = 6, beta: float = 2.0) -> float:
-    """Sentence chrF (Popović 2015): character n-gram F-beta, n = 1..6, whitespace ignored (as sacrebleu)."""
-    hyp, ref = re.sub(r"\s+", "", normalise(prediction)), re.sub(r"\s+", "", normalise(reference))
-    if not hyp or not ref:
-        return float(hyp == ref)
-    precisions, recalls = [], []
-    for n in range(1, max_n + 1):
-        h, r = _char_ngrams(hyp, n), _char_ngrams(ref, n)
-        if not h or not r:
-            continue
-        overlap = sum((h & r).values())
-        precisions.append(overlap / sum(h.values()))
-        recalls.append(overlap / sum(r.values()))
-    if not precisions:
-        return 0.0
-    p, r = sum(precisions) / len(precisions), sum(recalls) / len(recalls)
-    if p == 0 and r == 0:
-        return 0.0
-    return (1 + beta**2) * p * r / (beta**2 * p + r)
-
-
-_OPERATORS = {"|", "||", "&&", ";", "&", ">", ">>", "<", "2>", "2>&1", "|&", "<<", "<<<"}
-
-
-def bash_template(command: str) -> list[str]:
-    """Utilities, flags and operators of a command in order; every other word becomes ARG."""
-    command = normalise(command)
-    try:
-        return _bashlex_template(command)
-    except Exception:  # bashlex rejects much real shell; shlex is the rough fallback
-        return _shlex_template(command)
-
-
-def _bashlex_template(command: str) -> list[str]:
-    import bashlex
-
-    out: list[str] = []
-
-    class Visitor(bashlex.ast.nodevisitor):
-        def visitcommand(self, node, parts):  # noqa: N802 (bashlex's API)
-            first = True
-            for part in parts:
-                if part.kind == "word":
-                    word = part.word
-                    if first:
-                        out.append(word)
-                        first = False
-                    else:
-                        out.append(word if word.startswith("-") else "ARG")
-                elif part.kind == "redirect":
-                    out.append(str(part.type))
-                    out.append("ARG")
-
-        def visitoperator(self, node, op):  # noqa: N802
-            out.append(op)
-
-        def visitpipe(self, node, pipe):  # noqa: N802
-            out.append(pipe)
-
-    for tree in bashlex.parse(command):
-        Visitor().visit(tree)
-    return out
-
-
-def _shlex_template(command: str) -> list[str]:
-    try:
-        words = shlex.split(command, posix=True)
-    except ValueError:
-        words = command.split()
-    out, first = [], True
-    for word in words:
-        if word in _OPERATORS:
-            out.append(word)
-            first = True
-        elif first:
-            out.append(word)
-            first = False
-        else:
-            out.append(word if word.startswith("-") else "ARG")
-    return out
-
-
 def bash_template_match(prediction: str, reference: str) -> float:
-    return float(bash_template(prediction) == bash_template(reference))
+    return float(bash_template(normalise(prediction)) == bash_template(normalise(reference)))
 
 
 TASK_METRICS: dict[str, Callable[[str, str], float]] = {"bash": bash_template_match}

@@ -13,6 +13,7 @@ transformers undoes that when it loads a GGUF; writing back applies the same per
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -29,18 +30,6 @@ QUANT_TYPES: dict[str, tuple[GGMLQuantizationType, LlamaFileType]] = {
     "q5_0": (GGMLQuantizationType.Q5_0, LlamaFileType.MOSTLY_Q5_0),
     "q4_1": (GGMLQuantizationType.Q4_1, LlamaFileType.MOSTLY_Q4_1),
     "q4_0": (GGMLQuantizationType.Q4_0, LlamaFileType.MOSTLY_Q4_0),
-}
-
-_LAYER_TENSORS = {
-    "self_attn.q_proj": "attn_q",
-    "self_attn.k_proj": "attn_k",
-    "self_attn.v_proj": "attn_v",
-    "self_attn.o_proj": "attn_output",
-    "mlp.gate_proj": "ffn_gate",
-    "mlp.up_proj": "ffn_up",
-    "mlp.down_proj": "ffn_down",
-    "input_layernorm": "attn_norm",
-    "post_attention_layernorm": "ffn_norm",
 }
 
 
@@ -68,21 +57,26 @@ def unpermute_rotary(weight: np.ndarray, n_head: int) -> np.ndarray:
 
 
 def gguf_tensor_name(hf_name: str) -> str | None:
-    """`model.layers.3.self_attn.q_proj.weight` -> `blk.3.attn_q.weight`; None for tensors GGUF omits."""
-    if hf_name == "model.embed_tokens.weight":
-        return "token_embd.weight"
-    if hf_name == "model.norm.weight":
-        return "output_norm.weight"
-    if hf_name == "lm_head.weight":
-        return "output.weight"
-    if "rotary_emb" in hf_name:
+    """`model.layers.3.self_attn.q_proj.weight` -> `blk.3.attn_q.weight` (the `gguf` package's llama map,
+    the one llama.cpp's convert script uses); None for tensors GGUF omits."""
+    if "rotary_emb" in hf_name:  # recomputed by llama.cpp, not stored
         return None
     parts = hf_name.split(".")
-    if len(parts) >= 5 and parts[:2] == ["model", "layers"]:
-        module = ".".join(parts[3:-1])
-        if module in _LAYER_TENSORS:
-            return f"blk.{parts[2]}.{_LAYER_TENSORS[module]}.{parts[-1]}"
-    raise GGUFWriteError(f"no GGUF name for tensor {hf_name}")
+    layer = int(parts[2]) if len(parts) > 2 and parts[:2] == ["model", "layers"] and parts[2].isdigit() else 0
+    name = _llama_name_map(_blocks_for(layer)).get_name(hf_name, try_suffixes=(".weight", ".bias"))
+    if name is None:
+        raise GGUFWriteError(f"no GGUF name for tensor {hf_name}")
+    return name
+
+
+def _blocks_for(layer: int) -> int:
+    """Map sizes in steps of 64 layers, so one cached map serves every model of that depth."""
+    return (layer // 64 + 1) * 64
+
+
+@functools.cache
+def _llama_name_map(n_blocks: int) -> gguf.TensorNameMap:
+    return gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, n_blocks)
 
 
 def llama_tensors(

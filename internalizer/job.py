@@ -22,25 +22,29 @@ from gateway.log.store import open_db
 from gateway.settings import Settings
 from gateway.templates.query_format import query_only_messages
 from internalizer import registry
-from internalizer.base import BaseModel, end_of_turn_id, load_base, resolve_base_path
-from internalizer.calibrate import calibrate, generate_scored
+from internalizer.base import load_base, resolve_base_path
 from internalizer.calibrate import summary as calibration_summary
-from internalizer.compress import compress_text
 from internalizer.config import InternalizeConfig
 from internalizer.dataset import (
+    DatasetError,
     Example,
     Record,
     TemplateData,
-    encode_pair,
+    load_queries,
     load_template_data,
     prompt_ids,
     render_stage_messages,
 )
-from internalizer.evaluate import gate_bar, gate_passes, score
-from internalizer.export import export_model, open_llama
+from internalizer.distill import Pending, Teacher
+from internalizer.evaluate import gate_bar, gate_passes
+from internalizer.export import export_model
+from internalizer.heldout import context_length, estimate_finish_s, evaluate_model
+from internalizer.packing import Sequence, pack, row_tokens
+from internalizer.plan import apply_plan, make_plan, measure_step_cost, stage_epochs
 from internalizer.retrieve import ExampleRetriever
 from internalizer.schedule import Stage, build_stages
-from internalizer.train import Sequence, lora_model, train_stages
+from internalizer.stage_data import Fitting, TemplateTexts, stage_sequences
+from internalizer.train import completed_stage, lora_model, train_stages
 
 
 @dataclass
@@ -55,6 +59,10 @@ class JobResult:
     run_dir: str
     gguf_size_bytes: int = 0
     notes: list[str] = field(default_factory=list)
+    plan: dict[str, Any] = field(default_factory=dict)  # internalizer.plan.Plan, as planned before training
+    fitting: list[dict[str, Any]] = field(default_factory=list)  # per stage: records shortened or left out
+    minutes: dict[str, float] = field(default_factory=dict)  # planned and actual, the whole job
+    distillation: dict[str, Any] = field(default_factory=dict)  # the teacher, when the job distils one
 
 
 def run_dir_for(settings: Settings, data: TemplateData, cfg: InternalizeConfig, base_path: Path) -> Path:
@@ -67,82 +75,6 @@ def run_dir_for(settings: Settings, data: TemplateData, cfg: InternalizeConfig, 
     )
 
 
-def stage_sequences(
-    stage: Stage,
-    records: list[Record],
-    template_text: str,
-    shots: list[list[Example]],
-    tokenizer: Any,
-    seq_len: int,
-) -> tuple[list[Sequence], int]:
-    """Tokenized prompt+answer for each record; a record too long drops shots first, then is skipped."""
-    end_of_turn = tokenizer.convert_ids_to_tokens(end_of_turn_id(tokenizer))
-    sequences, skipped = [], 0
-    for record, examples in zip(records, shots, strict=True):
-        for k in range(min(stage.n_examples, len(examples)), -1, -1):
-            if stage.query_only:
-                messages = query_only_messages(record.slots)
-            else:
-                messages = render_stage_messages(template_text, record.slots, examples[:k])
-            ids, labels = encode_pair(tokenizer, messages, record.target, end_of_turn)
-            if len(ids) <= seq_len:
-                sequences.append(Sequence(ids, labels))
-                break
-        else:
-            skipped += 1
-    return sequences, skipped
-
-
-def generate_answers(
-    gguf_path: Path, conversations: list[list[dict[str, str]]], max_tokens: int
-) -> list[str]:
-    """Greedy answers of llama.cpp (the serving engine, with the GGUF's own chat template)."""
-    if not conversations:
-        return []
-    llm = open_llama(gguf_path, n_ctx=4096)
-    try:
-        answers = []
-        for messages in conversations:
-            llm.reset()
-            reply = llm.create_chat_completion(
-                messages=messages, max_tokens=max_tokens, temperature=0.0, top_k=1
-            )
-            answers.append(reply["choices"][0]["message"]["content"] or "")
-        return answers
-    finally:
-        llm.close()
-
-
-def evaluate_model(
-    gguf_path: Path, base: BaseModel, data: TemplateData, cfg: InternalizeConfig
-) -> dict[str, Any]:
-    """Held-out scores: the internalized model from the query alone; the base model as references."""
-    references = [r.target for r in data.eval]
-    query_only = [query_only_messages(r.slots) for r in data.eval]
-    scored = generate_scored(gguf_path, query_only, cfg.max_new_tokens)  # answers + token logprobs
-    scores: dict[str, Any] = {
-        "internalized": score([a.text for a in scored], references, cfg.task_metric),
-        "calibration": calibrate(
-            scored,
-            references,
-            metric=cfg.route_metric,
-            signal=cfg.route_signal,
-            target=cfg.route_target,
-            level=cfg.route_level,
-            min_coverage=cfg.route_min_coverage,
-        ),
-    }
-    if base.gguf_path is None:
-        return scores  # the references run in llama.cpp, which needs the base as a GGUF
-    answers = generate_answers(base.gguf_path, query_only, cfg.max_new_tokens)
-    scores["base_query_only"] = score(answers, references, cfg.task_metric)
-    full = [r.messages for r in data.eval if r.messages]
-    if cfg.eval_base_reference and len(full) == len(data.eval):
-        answers = generate_answers(base.gguf_path, full, cfg.max_new_tokens)
-        scores["base_full_prompt"] = score(answers, references, cfg.task_metric)
-    return scores
-
-
 def internalize(
     settings: Settings,
     template_id: str,
@@ -150,12 +82,13 @@ def internalize(
     labels_path: Path | None = None,
     progress: bool = True,
     say: Callable[[str], None] = lambda message: None,
+    queries_path: Path | None = None,
 ) -> JobResult:
     settings.ensure_home()
     cfg = cfg.for_template(template_id)  # per-template overrides (a stricter routing target...)
     db = open_db(settings.db_path)
     timings: dict[str, float] = {}
-    clock = time.perf_counter()
+    started = clock = time.perf_counter()
 
     def lap(name: str) -> None:
         nonlocal clock
@@ -174,6 +107,9 @@ def internalize(
         max_train=cfg.max_train,
         labels_path=labels_path,
     )
+    queries = load_queries(queries_path) if queries_path else []
+    if queries and not cfg.distills:
+        raise DatasetError("--queries needs a teacher to answer them: set -o distill_alpha below 1")
     lap("dataset")
 
     # 2. Base model (GGUF or HF dir), checked before any slow work; the run dir depends on it.
@@ -186,50 +122,134 @@ def internalize(
     say(f"template {template_id}: {len(data.train)} train / {len(data.eval)} held-out; run dir {run_dir}")
     lap("load_base")
 
-    # 3. Template compression, once per ratio the schedule uses.
+    # 3. Template compression, once per ratio the schedule uses (more on demand for records that are long).
     stages = build_stages(cfg.stages, cfg.schedule, cfg.template_ratio_start, cfg.examples_start)
-    texts: dict[float, str] = {}
+    templates = TemplateTexts(base, data.static_text)
     for stage in stages:
-        if stage.template_ratio > 0 and stage.template_ratio not in texts:
-            texts[stage.template_ratio] = compress_text(
-                base.model, base.tokenizer, data.static_text, stage.template_ratio
-            ).text
+        templates(stage.template_ratio)
     lap("compress")
 
     # 4. Retrieval: nearest examples for every training record (mined pool + the other training records).
-    k_max = max(s.n_examples for s in stages)
+    # The teacher sees the whole prompt: the whole template and examples_start shots.
+    k_max = max([s.n_examples for s in stages] + [cfg.examples_start if cfg.distills else 0])
+    pending = (data.unanswered + queries)[: cfg.distill_write_max] if cfg.distills else []
     shots: list[list[Example]] = [[] for _ in data.train]
+    pending_shots: dict[str, list[Example]] = {r.request_id: [] for r in pending}
     if k_max:
         pool = data.examples + [Example(r.request_id, r.query, r.target) for r in data.train]
-        shots = ExampleRetriever(pool).top_k_batch([r.query for r in data.train], k_max)
+        retriever = ExampleRetriever(pool)
+        shots = retriever.top_k_batch([r.query for r in data.train], k_max)
+        if pending:
+            found = retriever.top_k_batch([r.query for r in pending], k_max)
+            pending_shots = {r.request_id: s for r, s in zip(pending, found, strict=True)}
     lap("retrieve")
 
-    # 5. Stage data and training (resumes from the last finished stage).
-    stage_data = []
+    # 5. Stage data: each record fitted into the longest sequence allowed (the model's context by default).
+    max_len = cfg.seq_len or context_length(base)
+    stage_data, fitting = [], []
     for stage in stages:
-        template_text = texts.get(stage.template_ratio, "")
-        sequences, skipped = stage_sequences(
-            stage, data.train, template_text, shots, base.tokenizer, cfg.seq_len
+        sequences, fitted = stage_sequences(
+            stage, data.train, templates, shots, base.tokenizer, max_len, cfg.shared_prefix
         )
-        if skipped:
-            say(f"stage {stage.index}: {skipped} requests longer than seq_len={cfg.seq_len} were skipped")
+        if fitted.describe():
+            say(fitted.describe())
+        if not sequences:
+            raise DatasetError(
+                f"stage {stage.index}: no record fits in {max_len} tokens, not even its query alone"
+            )
         stage_data.append(sequences)
+        fitting.append(fitted.to_dict())
+    lap("stage_data")
+
+    # 5b. The distillation teacher: every record on the whole prompt, and the requests it will answer.
+    teacher = None
+    if cfg.distills:
+        whole = Stage(1, 1.0, cfg.examples_start)
+        teacher_data = stage_data[0] if stages[0] == whole else None
+        if teacher_data is None:
+            teacher_data, _ = stage_sequences(
+                whole, data.train, templates, shots, base.tokenizer, max_len, cfg.shared_prefix
+            )
+
+        def student_sequences(stage_index: int, records: list[Record]) -> list[Sequence]:
+            stage = stages[stage_index - 1]
+            found = [pending_shots[r.request_id] for r in records]
+            return stage_sequences(
+                stage, records, templates, found, base.tokenizer, max_len, cfg.shared_prefix
+            )[0]
+
+        teacher = Teacher(
+            cfg,
+            run_dir,
+            stages,
+            teacher_data,
+            base.tokenizer,
+            base.tokenizer.pad_token_id,
+            base.name,
+            pending=[
+                Pending(
+                    r.request_id,
+                    render_stage_messages(
+                        templates(1.0), r.slots, pending_shots[r.request_id][: cfg.examples_start]
+                    ),
+                    r,
+                )
+                for r in pending
+            ],
+            student_sequences=student_sequences,
+            say=say,
+        )
+        for note in teacher.notes:
+            say(note)
+
+    # 6. Plan: time a step of the first and last stages, estimate the rest, fit the budget, say it.
     model = lora_model(base.model, cfg)
+    pad_id = base.tokenizer.pad_token_id
+    epochs = stage_epochs(stages, cfg)
+    done = {s.index for s in stages if completed_stage(run_dir, s.index) is not None}
+    cost = measure_step_cost(model, stages, stage_data, cfg, pad_id, accelerator.device, done)
+    finish_s = estimate_finish_s(base, data, cfg, stage_data[-1])
+    teacher_s = 0.0
+    if teacher is not None and not teacher.distilled <= done:
+        # A no-gradient pass costs about a third of a training step (forward only).
+        teacher_s = (
+            sum(cost([row]) for row in pack(teacher.sequences, row_tokens(teacher.sequences, cfg))) / 3
+        )
+    plan = make_plan(
+        stages,
+        stage_data,
+        epochs,
+        cfg,
+        cost,
+        time.perf_counter() - started,
+        finish_s,
+        done,
+        _saved(run_dir),
+        teacher_s=teacher_s,
+    )
+    plan.save(run_dir / "plan.json")
+    for line in plan.describe():
+        say(line)
+    lap("plan")
+
+    # 7. Training (resumes from the last finished stage).
     results = train_stages(
         model,
-        stage_data,
+        apply_plan(plan, stage_data, cfg.seed),
         cfg,
         run_dir,
-        base.tokenizer.pad_token_id,
+        pad_id,
         progress=progress,
         accelerator=accelerator,
+        epochs=epochs,
+        teacher=teacher,
     )
     lap("train")
     if not accelerator.is_main_process:  # under `accelerate launch`, export and registration happen once
         return JobResult(template_id, None, "worker", None, {}, [], timings, str(run_dir))
     model = accelerator.unwrap_model(model)
 
-    # 6. Export: merge, write, verify against torch, publish under the models folder.
+    # 8. Export: merge, write, verify against torch, publish under the models folder.
     model_id = registry.new_model_id(template_id)
     verify_prompts = [
         prompt_ids(base.tokenizer, query_only_messages(r.slots)) for r in data.eval[: cfg.verify_samples]
@@ -247,9 +267,9 @@ def internalize(
     )
     lap("export")
 
-    # 7. Evaluate and register; a failure here removes the published file (no row points at it yet).
+    # 9. Evaluate and register; a failure here removes the published file (no row points at it yet).
     try:
-        scores = evaluate_model(exported.gguf_path, base, data, cfg)
+        scores = evaluate_model(exported.gguf_path, base, data, cfg, say)
         scores["verification"] = {
             "agreement": exported.verification.agreement,
             "n": exported.verification.n,
@@ -281,6 +301,7 @@ def internalize(
     passed = gate_passes(scores["internalized"], cfg.gate_metric, bar)
     status = "candidate"
     notes = [calibration_summary(calibration)]
+    notes += [line for f in fitting if (line := Fitting(**f).describe())]
     if (passed or calibration["selective"]) and cfg.activate:  # the whole model, or its confident share
         registry.activate(db, model_id)
         status = "active"
@@ -288,17 +309,58 @@ def internalize(
         ours = scores["internalized"][cfg.gate_metric]
         kept = "served selectively" if status == "active" else "kept as candidate"
         notes.append(f"gate: {cfg.gate_metric} {ours:.3f} < {bar:.3f}; {kept}")
+    planned = {p.stage: p for p in plan.stages}
     result = JobResult(
         template_id=template_id,
         model_id=model_id,
         status=status,
         gguf_path=str(exported.gguf_path),
         eval_scores=scores,
-        stages=[asdict(r) | asdict(s) for r, s in zip(results, stages, strict=True)],
+        stages=[
+            asdict(r) | asdict(s) | {"planned_s": planned[s.index].expected_s}
+            for r, s in zip(results, stages, strict=True)
+        ],
         timings_s=timings,
         run_dir=str(run_dir),
         gguf_size_bytes=exported.size_bytes,
         notes=notes,
+        plan=plan.to_dict(),
+        fitting=fitting,
+        minutes={
+            "planned": round(plan.total_s / 60, 2),
+            "actual": round((time.perf_counter() - started) / 60, 2),
+            "budget": cfg.budget_min,
+        },
+        distillation=_distillation_summary(teacher),
     )
+    say(f"planned {result.minutes['planned']:.1f} min, took {result.minutes['actual']:.1f} min")
     (run_dir / "summary.json").write_text(json.dumps(asdict(result), indent=1))
     return result
+
+
+def _distillation_summary(teacher: Teacher | None) -> dict[str, Any]:
+    if teacher is None:
+        return {}
+    manifest = teacher.cache.manifest if teacher.cache is not None else {}
+    return {
+        "teacher": teacher.source,
+        "identity": manifest.get("teacher"),
+        "alpha": teacher.cfg.distill_alpha,
+        "k": manifest.get("k_used"),
+        "temperature": teacher.cfg.distill_temperature,
+        "distilled_stages": sorted(teacher.distilled),
+        "teacher_passes": teacher.passes,
+        "written_answers": len(teacher.written),
+        "notes": teacher.notes,
+    }
+
+
+def _saved(run_dir: Path) -> dict[int, int] | None:
+    """Records per stage of the plan an earlier, interrupted run of this job chose (a resume keeps them)."""
+    path = run_dir / "plan.json"
+    if not path.is_file() or completed_stage(run_dir, 1) is None:
+        return None
+    try:
+        return {int(s["stage"]): int(s["records"]) for s in json.loads(path.read_text())["stages"]}
+    except (ValueError, KeyError, TypeError):
+        return None

@@ -1,24 +1,26 @@
-"""Turn one group of same-structure requests into a template: static spans, slots, example pools.
+"""Turn one group of requests into a template: static lines, regions that vary, slots and example pools.
 
-Mining has already cut every message into runs that line up across the group (same role skeleton, same
-recurring lines in the same order): a recurring line (static), a variable run (the text between recurring
-lines), an inline examples region. Here each variable run is aligned across the group: the longest common
-prefix and suffix (snapped to word boundaries) are static, what is left is a slot. A run that is the same
-in every request is static. Slots get names; the main one is "query".
+The group shares a role skeleton. In each message, the units (lines, or sentences of a one-line message) found
+exactly once in every request of the group, always in the same order, are the template's static lines: its
+anchors. (Not a numbered line whose number counts up in other requests, `Example 1:`, nor a line shaped like
+the example blocks next to it: an example every request of a small group happened to carry.) The text
+between two anchors is a region. Across the group a region is the same everywhere (static), a run of
+example blocks drawn from a pool followed by a tail (mine_blocks), or text that varies, aligned into static
+prefix, slot(s) and static suffix. Static text that writes out the same examples in every request gets an
+examples part too. Nothing here reads markers to decide.
+
+A region whose values repeat as wholes (two wordings of the instructions), or whose varying values share a
+recurring line, is not a slot: the group mixes templates, and the outcome names a unit to split it on.
 """
 
 from __future__ import annotations
 
 import itertools
-import os
-import re
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from gateway.templates.matcher import (
-    QUERY_SLOT,
-    Examples,
     MessageSpec,
     Part,
     Slot,
@@ -28,15 +30,13 @@ from gateway.templates.matcher import (
     turn_raw,
 )
 from gateway.templates.request_shape import TURNS_ROLE
-from internalizer.mine_blocks import MARKER, ExampleRegion
+from internalizer.mine_blocks import RunFound, find_run, fixed_run
+from internalizer.mine_cut import repeats_as_frame
+from internalizer.mine_finish import conversation, merge_static, name_slots, template_name, valid
+from internalizer.mine_frame import Frame
+from internalizer.mine_text import DIGITS, Units, align_slots, eligible, normalized
 
-LABEL_TAIL = re.compile(r"[:>] ((?:[A-Za-z0-9'-]+ ){1,4})$")
-QUERY_LABELS = {"question", "query", "q", "input", "request", "task", "user", "instruction", "prompt", "text"}
-QUERY_END = re.compile(r"[.?!]+\n")  # the queries' own final punctuation before the next line
-
-# A run kind, with its per-request payload: "K" a recurring line (str), "V" variable text (str),
-# "E" an inline examples region (ExampleRegion).
-Run = tuple[str, object]
+_PARTS = Template("", [])  # matches static/slot parts the way the gateway will
 
 
 @dataclass
@@ -47,10 +47,10 @@ class ExampleInfo:
 
 
 @dataclass
-class AlignedRequest:
-    """One request cut into runs: one list of runs per message, None for the few-shot turns run."""
+class GroupRequest:
+    """One request cut for mining: its units per skeleton element (None for the few-shot turns run)."""
 
-    elements: list[list[Run] | None]
+    elements: list[Units | None]
     pairs: list[tuple[str, str]]
 
 
@@ -62,23 +62,62 @@ class MinedTemplate:
 
 @dataclass(frozen=True)
 class AlignConfig:
+    min_support: int = 5  # requests that make a value or a line recur
     min_static_chars: int = 20  # non-blank characters of static text a template needs
-    # Few-shot turns: share of their uses that must be of turns seen twice or more. Inline blocks have
-    # example markers to go by; bare user/assistant turns could as well be a conversation's history.
-    min_example_reuse: float = 0.5
+    # User/assistant turns are a conversation's history, not few-shot examples, when this share of the
+    # requests carry an earlier request of the group as their history plus its last user message.
+    max_conversation_share: float = 0.2
+
+
+@dataclass
+class Outcome:
+    """What a group gave: a template, or a unit to split the group on (None: split on its commonest unit)."""
+
+    template: MinedTemplate | None = None
+    hint: tuple[int, str] | None = None  # (skeleton element, unit)
+    anchors: set[tuple[int, str]] = field(default_factory=set)
+    pool_units: set[tuple[int, str]] = field(default_factory=set)  # lines of pool blocks: never group keys
+
+
+@dataclass
+class _Region:
+    parts: list[Part]
+    blocks: dict[str, ExampleInfo] = field(default_factory=dict)  # raw -> example
+    pool_lines: set[str] = field(default_factory=set)
+    frame: Frame | None = None  # the shape of its example blocks, if it holds a run
+    block_anchors: set[str] = field(default_factory=set)
+
+
+class _Split(Exception):
+    """A region that says the group mixes templates; `unit` (if any) tells them apart."""
+
+    def __init__(self, unit: str | None) -> None:
+        self.unit = unit
 
 
 def align_group(
-    skeleton: tuple[str, ...], group: list[AlignedRequest], config: AlignConfig
-) -> MinedTemplate | None:
-    """The template shared by every request of the group, or None when the group is not one."""
+    skeleton: tuple[str, ...],
+    group: list[GroupRequest],
+    config: AlignConfig,
+    never_anchor: frozenset[tuple[int, str]] = frozenset(),
+) -> Outcome:
+    """The template shared by every request of the group, or where to split the group. Units in
+    `never_anchor` (lines of pool blocks seen elsewhere) are never static lines."""
+    outcome = Outcome()
+    n = len(group)
+    texts = [Counter(r.elements[e] for r in group) for e in range(len(skeleton))]
+    banned = [{u for f, u in never_anchor if f == e} for e in range(len(skeleton))]
+    anchors = [
+        [] if role == TURNS_ROLE else _anchors(texts[e], n, banned[e]) for e, role in enumerate(skeleton)
+    ]
+    if not any(eligible(a) for found in anchors for a in found):
+        return outcome  # nothing static in common: a mix of templates
+    slot_numbers = itertools.count()
     examples: dict[str, ExampleInfo] = {}
-    turn_uses: Counter[str] = Counter()
-    specs: list[MessageSpec] = []
-    slot_numbers = itertools.count()  # provisional slot names, until _name_slots names them
     inline_pool: dict[str, str] = {}
     turn_pool: dict[tuple[str, str], str] = {}
-    for position, role in enumerate(skeleton):
+    specs: list[MessageSpec] = []
+    for e, role in enumerate(skeleton):
         if role == TURNS_ROLE:
             for request in group:
                 for user, assistant in request.pairs:
@@ -86,178 +125,250 @@ def align_group(
                     digest = example_hash(raw)
                     turn_pool[(user, assistant)] = digest
                     examples[digest] = ExampleInfo(user, assistant, raw)
-                    turn_uses[digest] += 1
             specs.append(MessageSpec(TURNS_ROLE))
             continue
-        parts: list[Part] = []
-        runs = [request.elements[position] or [] for request in group]
-        block_start = ""
-        for index, (kind, first) in enumerate(runs[0]):
-            if kind == "K":
-                parts.append(first)  # type: ignore[arg-type]
-            elif kind == "E":
-                regions: list[ExampleRegion] = [r[index][1] for r in runs]  # type: ignore[misc]
-                seps = Counter(sep for region in regions for sep in region.seps)
-                parts.append(Examples(seps.most_common(1)[0][0] if seps else "\n\n"))
-                for region in regions:
-                    for block in region.blocks:
-                        digest = example_hash(block.raw)
-                        inline_pool[block.raw] = digest
-                        examples[digest] = ExampleInfo(block.input, block.output, block.raw)
-                first_line = regions[0].blocks[0].raw.split("\n", 1)[0]
-                found = MARKER.match(first_line)
-                block_start = first_line[: found.end()] if found else ""
+        while True:
+            try:
+                message = _message(texts[e], anchors[e], slot_numbers, config)
+            except _Split as split:
+                outcome.anchors = {(f, a) for f, found in enumerate(anchors) for a in found}
+                outcome.hint = (e, split.unit) if split.unit else None
+                return outcome
+            if not message.block_anchors:
+                break
+            banned[e] |= message.block_anchors  # an example every request happened to carry
+            anchors[e] = _anchors(texts[e], n, banned[e])
+        for raw, info in message.blocks.items():
+            digest = example_hash(raw)
+            inline_pool[raw] = digest
+            examples[digest] = info
+        outcome.pool_units |= {(e, line) for line in message.pool_lines}
+        parts = _with_fixed_examples(merge_static(message.parts), inline_pool, examples)
+        specs.append(MessageSpec(role, tuple(parts)))
+    outcome.anchors = {(e, a) for e, found in enumerate(anchors) for a in found}
+    if not valid(specs, config) or (TURNS_ROLE in skeleton and conversation(group, config)):
+        return outcome
+    specs = name_slots(specs)
+    template = Template(template_id(specs), specs, template_name(specs), inline_pool, turn_pool)
+    outcome.template = MinedTemplate(template, examples)
+    return outcome
+
+
+def _message(
+    texts: Counter[Units | None], anchors: list[str], slot_numbers: Iterator[int], config: AlignConfig
+) -> _Region:
+    """One message of the template: its anchors with the parts of each region between them.
+
+    An example every request of a small group happened to carry is static in all of them: it comes back in
+    `block_anchors` when it is shaped like the blocks of an example run next to it and text varies on both
+    of its sides (a fixed first example has static text on one side, and stays static)."""
+    regions = _regions(texts, anchors)
+    found: list[_Region | _Split] = []
+    for region in regions:
+        try:
+            found.append(_region(region, slot_numbers, config))
+        except _Split as split:
+            found.append(split)
+    message = _Region([])
+    for j, region in enumerate(found):
+        if isinstance(region, _Region) and region.frame is not None and region.frame.informative:
+            message.block_anchors |= _block_anchors(anchors, regions, j, region.frame)
+    if message.block_anchors:
+        return message  # align again without them first: that may also explain a region that failed
+    for j, region in enumerate(found):
+        if isinstance(region, _Split):
+            raise region
+        message.parts += region.parts
+        message.blocks.update(region.blocks)
+        message.pool_lines |= region.pool_lines
+        if j < len(anchors):
+            message.parts.append(anchors[j])
+    return message
+
+
+def _block_anchors(anchors: list[str], regions: list[Counter[Units]], j: int, frame: Frame) -> set[str]:
+    """Anchors next to region j (an example run) that are shaped like its blocks, with text that varies on
+    their far side: a whole block (its lines in a row), or the first line of a block after the run (its
+    last line varies: it ends the message in some requests) or the last line of one before it."""
+    height = len(frame.lines)
+    found: set[str] = set()
+    for start, beyond in ((j, j + height), (j - height, j - height)):
+        near = anchors[max(0, start) : start + height]
+        if start >= 0 and len(near) == height and 0 <= beyond < len(regions) and len(regions[beyond]) > 1:
+            if frame.fits("".join(near).removesuffix("\n")):
+                found |= set(near)
+    if j < len(anchors) and j + 1 < len(regions) and len(regions[j + 1]) > 1:
+        if frame.fits_line(anchors[j].removesuffix("\n"), 0):
+            found.add(anchors[j])
+    if j > 0 and len(regions[j - 1]) > 1 and frame.fits_line(anchors[j - 1].removesuffix("\n"), -1):
+        found.add(anchors[j - 1])
+    return found
+
+
+# ---- anchors and regions ------------------------------------------------------------------------------
+
+
+def _anchors(texts: Counter[Units | None], n: int, banned: set[str]) -> list[str]:
+    """Units found exactly once in every request, at the same rank among such units in every request."""
+    possible = {u for u in next(iter(texts)) or () if u.strip() and u not in banned}  # in the first text
+    lines = {u.rstrip("\n") for u in possible}
+    once: Counter[str] = Counter()
+    for units, weight in texts.items():
+        seen: dict[str, int] = {}
+        for unit in units or ():
+            line = unit.rstrip("\n")  # `</example>` ends the message in some requests, a line in others
+            if line in lines:
+                seen[line] = seen.get(line, 0) + 1
+        for unit in units or ():
+            if unit in possible and seen[unit.rstrip("\n")] == 1:
+                once[unit] += weight
+    candidates = {u for u, k in once.items() if k == n}
+    # `Example 1:` once in every request, `Example 2:`... in some (a fifth at least): a run of examples
+    forms = {normalized(u) for u in candidates if DIGITS.search(u)}
+    if forms:
+        numbered: Counter[str] = Counter()
+        for units, weight in texts.items():
+            found: dict[str, list[str]] = defaultdict(list)
+            for unit in units or ():
+                if normalized(unit) in forms:
+                    found[normalized(unit)].append(unit)
+            numbered.update({form: weight for form, lines in found.items() if repeats_as_frame(lines)})
+        candidates = {u for u in candidates if 5 * numbered[normalized(u)] < n}
+    if not candidates:
+        return []
+    rank: dict[str, int] = {}
+    unstable: set[str] = set()
+    for units in texts:
+        r = 0
+        for unit in units or ():
+            if unit in candidates:
+                if rank.setdefault(unit, r) != r:
+                    unstable.add(unit)  # example blocks in every request, in varying order
+                r += 1
+    first = next(iter(texts)) or ()
+    return [unit for unit in first if unit in candidates and unit not in unstable]
+
+
+def _regions(texts: Counter[Units | None], anchors: list[str]) -> list[Counter[Units]]:
+    """Per region (before the first anchor, between anchors, after the last): its values and their counts."""
+    regions: list[Counter[Units]] = [Counter() for _ in range(len(anchors) + 1)]
+    for units, weight in texts.items():
+        j, current = 0, []
+        for unit in units or ():
+            if j < len(anchors) and unit == anchors[j]:
+                regions[j][tuple(current)] += weight
+                current, j = [], j + 1
             else:
-                parts += _align_values([r[index][1] for r in runs], slot_numbers)  # type: ignore[misc]
-        if block_start:  # a slot must not swallow an example block the pool does not know
-            parts = [
-                Slot(p.name, p.multiline, ("\n" + block_start,)) if isinstance(p, Slot) and p.multiline else p
-                for p in parts
-            ]
-        specs.append(MessageSpec(role, tuple(_merge_static(parts))))
-    if not _valid(specs, turn_uses, config):
-        return None
-    specs = _name_slots(specs)
-    template = Template(template_id(specs), specs, _name(specs), inline_pool, turn_pool)
-    return MinedTemplate(template, examples)
+                current.append(unit)
+        regions[j][tuple(current)] += weight
+    return regions
 
 
-def _align_values(values: list[str], slot_numbers: Iterator[int]) -> list[Part]:
-    """Static prefix, slot, static suffix of one variable run (only static if it never varies)."""
-    if all(v == values[0] for v in values):
-        return [values[0]]
-    prefix = _trim_label_tail(_snap_prefix(os.path.commonprefix(values), values))
-    rests = [v[len(prefix) :] for v in values]
-    reversed_suffix = os.path.commonprefix([r[::-1] for r in rests])
-    suffix = _snap_suffix(reversed_suffix[::-1], rests)
-    suffix = suffix.lstrip(".?!") if QUERY_END.match(suffix) else suffix
-    cores = [r[: len(r) - len(suffix)] for r in rests]
-    label = _inner_label(cores)
-    if label is not None:  # `{context}\nQuestion: {query}`: two slots around a label every value has once
-        cuts = [c.index(label) for c in cores]
-        left = _align_values([c[:cut] for c, cut in zip(cores, cuts, strict=True)], slot_numbers)
-        right = [c[cut + len(label) :] for c, cut in zip(cores, cuts, strict=True)]
-        return [prefix, *left, label, *_align_values(right, slot_numbers), suffix]
-    return [prefix, Slot(f"slot#{next(slot_numbers)}", multiline=any("\n" in c for c in cores)), suffix]
+def _region(region: Counter[Units], slot_numbers: Iterator[int], config: AlignConfig) -> _Region:
+    values = list(region)
+    weights = [region[v] for v in values]
+    texts = ["".join(v) for v in values]
+    if len(set(texts)) == 1:
+        return _Region([texts[0]])
+    found = find_run(texts, weights)
+    if isinstance(found, str):
+        raise _Split(found)
+    if found is None:
+        _check_varying(values, weights, config.min_support)
+        return _Region(align_slots(texts, slot_numbers))
+    return _run_region(texts, weights, found, slot_numbers, config)
 
 
-def _inner_label(values: list[str]) -> str | None:
-    """A line-start label (`\nQuestion: `) found exactly once in every value, not at its very start."""
-    for line in min(values, key=len).split("\n")[1:]:
-        found = MARKER.match(line)
-        if found is None or not found["label"]:
-            continue
-        label = "\n" + line[: found.end()] + (" " if line[found.end() : found.end() + 1] == " " else "")
-        if all(v.count(label) == 1 for v in values):
-            return label
-    return None
-
-
-def _trim_label_tail(prefix: str) -> str:
-    """`Question: Change the ` -> `Question: `: a few plain words after a label, shared by every value of a
-    small group, are the start of the queries (nl2bash has runs of "Change the ..."), not template text."""
-    found = LABEL_TAIL.search(prefix)
-    return prefix[: found.start(1)] if found else prefix
-
-
-def _snap_prefix(prefix: str, values: list[str]) -> str:
-    """Cut a common prefix back to a word boundary when it ends inside a word of some value."""
-    n = len(prefix)
-    if n and prefix[-1].isalnum() and any(len(v) > n and v[n].isalnum() for v in values):
-        while n and prefix[n - 1].isalnum():
-            n -= 1
-    return prefix[:n]
-
-
-def _snap_suffix(suffix: str, values: list[str]) -> str:
-    n = len(suffix)
-    if n and suffix[0].isalnum() and any(len(v) > n and v[len(v) - n - 1].isalnum() for v in values):
-        cut = 0
-        while cut < n and suffix[cut].isalnum():
-            cut += 1
-        return suffix[cut:]
-    return suffix
-
-
-def _merge_static(parts: list[Part]) -> list[Part]:
-    merged: list[Part] = []
-    for part in parts:
-        if isinstance(part, str):
-            if not part:
-                continue
-            if merged and isinstance(merged[-1], str):
-                merged[-1] += part
-                continue
-        merged.append(part)
-    return merged
-
-
-def _valid(specs: list[MessageSpec], turn_uses: Counter[str], config: AlignConfig) -> bool:
-    slots = [p for spec in specs for p in spec.parts if isinstance(p, Slot)]
-    if not slots:
-        return False  # the same request over and over: nothing varies, nothing to learn
-    static = sum(len("".join(p.split())) for spec in specs for p in spec.parts if isinstance(p, str))
-    if static < config.min_static_chars:
-        return False  # a few shared words, not a template
-    for spec in specs:
-        for part, following in zip(spec.parts, spec.parts[1:], strict=False):
-            if isinstance(part, Slot) and not isinstance(following, str):
-                return False  # no static text to tell where the slot ends
-    if turn_uses:
-        reused = sum(n for n in turn_uses.values() if n >= 2)
-        if reused < config.min_example_reuse * sum(turn_uses.values()):
-            return False  # turns that never recur: a conversation's history, not a few-shot pool
-    return True
-
-
-def _name_slots(specs: list[MessageSpec]) -> list[MessageSpec]:
-    """Slots are named after the label before them (`Context:` -> context). The query is the slot of the
-    last message that has slots whose label reads like a question (`Question:`, `Input:`...), else the
-    last slot of that message (a context document comes before the question in most prompts)."""
-    located = [
-        (m, k) for m, spec in enumerate(specs) for k, p in enumerate(spec.parts) if isinstance(p, Slot)
+def _run_region(
+    texts: list[str], weights: list[int], found: RunFound, slot_numbers: Iterator[int], config: AlignConfig
+) -> _Region:
+    """Leading text, the example run, and the tail (what follows the last block: often the query)."""
+    clean = [
+        (text[run[-1][1] :], w)
+        for text, run, w in zip(texts, found.runs, weights, strict=True)
+        if run and run[-1][0] in found.known
     ]
-    last_message = located[-1][0]
-    labels = {loc: _label(specs[loc[0]].parts[loc[1] - 1] if loc[1] else "") for loc in located}
-    in_last = [loc for loc in located if loc[0] == last_message]
-    query_at = next((loc for loc in in_last if labels[loc] in QUERY_LABELS), in_last[-1])
-    used = {QUERY_SLOT, "examples"}
-    renamed: list[MessageSpec] = []
-    for m, spec in enumerate(specs):
-        parts: list[Part] = []
-        for k, part in enumerate(spec.parts):
-            if isinstance(part, Slot):
-                name = QUERY_SLOT if (m, k) == query_at else _unique(labels[(m, k)], used)
-                used.add(name)
-                part = Slot(name, part.multiline, part.forbid)
-            parts.append(part)
-        renamed.append(MessageSpec(spec.role, tuple(parts)))
-    return renamed
+    if not clean:  # no run ends with a block seen twice (a large pool): take every run as it is
+        clean = [
+            (text[run[-1][1] :], w) for text, run, w in zip(texts, found.runs, weights, strict=True) if run
+        ]
+    if not clean:
+        raise _Split(None)
+    tails = Counter()
+    for tail, w in clean:
+        tails[tail] += w
+    _check_varying([_lines(t) for t in tails], list(tails.values()), config.min_support)
+    tail_parts = _guarded(align_slots(list(tails), slot_numbers), found, list(tails))
+    blocks: dict[str, ExampleInfo] = {}
+    for text, run in zip(texts, found.runs, strict=True):
+        for n in range(len(run or ()), 0, -1):
+            if _PARTS._match_parts(tuple(tail_parts), text[run[n - 1][1] :], {}, []):  # type: ignore[index]
+                for block, _ in run[:n]:  # type: ignore[index]
+                    blocks[block] = ExampleInfo(*found.frame.input_output(block), block)
+                break
+    pool_lines = {line + end for block in found.known for line in block.split("\n") for end in ("\n", "")}
+    return _Region([found.leading, found.examples, *tail_parts], blocks, pool_lines, found.frame)
 
 
-def _label(before: Part) -> str:
-    """`Context:\n` -> context, `<document>` -> document: the label ending the static text before a slot."""
-    if not isinstance(before, str):
-        return ""
-    for line in reversed(before.rstrip().split("\n")[-2:]):  # `Reference:\n- {{reference}}`
-        plain = re.sub(r"<[^>]*?([A-Za-z][\w-]*)>", r"\1", line).lower()
-        label = re.sub(r"[^a-z0-9]+", "_", plain).strip("_")[-24:].strip("_")
-        if label:
-            return label
-    return ""
+def _guarded(parts: list[Part], found: RunFound, tails: list[str]) -> list[Part]:
+    """Multi-line slots after a run may not hold the start of another block, so that a request carrying a
+    block the pool does not know is not matched with that block swallowed into its query."""
+    starts = [found.frame.lines[0][0] if found.frame.lines else "", found.frame.first_prefix]
+    forbid = tuple({"\n" + s for s in starts if len(s.strip()) >= 2} | {found.examples.sep} - {""})
+    forbid = tuple(f for f in forbid if f.strip())
+    if not forbid:
+        return parts
+    guarded = [Slot(p.name, p.multiline, forbid) if isinstance(p, Slot) and p.multiline else p for p in parts]
+    if all(_PARTS._match_parts(tuple(guarded), tail, {}, []) for tail in tails):
+        return guarded
+    return parts
 
 
-def _unique(label: str, used: set[str]) -> str:
-    base = label if label and label[0].isalpha() else "slot"
-    name, n = base, 1
-    while name in used:
-        n += 1
-        name = f"{base}_{n}"
-    return name
+def _check_varying(values: list[Units], weights: list[int], min_support: int) -> None:
+    """Raise _Split when text that should vary per request does not: a whole value sent by many requests
+    (another wording of the template) or a line recurring inside values that differ (a template mixed in)."""
+    if len(values) < 2:
+        return  # the same text everywhere: static
+    total = sum(weights)
+    unit_weight: Counter[str] = Counter()
+    unit_values: Counter[str] = Counter()
+    for units, weight in zip(values, weights, strict=True):
+        for unit in set(units):
+            if eligible(unit):
+                unit_weight[unit] += weight
+                unit_values[unit] += 1
+    candidates = [u for u, w in unit_weight.items() if min_support <= w < total]
+    repeated = [(v, w) for v, w in zip(values, weights, strict=True) if w >= min_support]
+    if any("".join(v).strip() for v, _ in repeated) and 2 * sum(w for _, w in repeated) >= total:
+        raise _Split(max(candidates, key=lambda u: (unit_weight[u], u), default=None))
+    inside = [u for u in candidates if unit_values[u] >= 2]
+    if inside:
+        raise _Split(max(inside, key=lambda u: (unit_weight[u], u)))
 
 
-def _name(specs: list[MessageSpec]) -> str:
-    """A readable name: the first words of the static text."""
-    text = " ".join(p for spec in specs for p in spec.parts if isinstance(p, str))
-    words = re.findall(r"[A-Za-z0-9']+", text)[:7]
-    return "-".join(w.lower() for w in words)[:60] or "template"
+def _lines(text: str) -> Units:
+    lines = text.split("\n")
+    return tuple(line + "\n" for line in lines[:-1]) + ((lines[-1],) if lines[-1] else ())
+
+
+# ---- the template -------------------------------------------------------------------------------------
+
+
+def _with_fixed_examples(
+    parts: list[Part], inline_pool: dict[str, str], examples: dict[str, ExampleInfo]
+) -> list[Part]:
+    """Static text that holds example blocks (the same ones in every request) gets an examples part, so the
+    examples are known as examples (internalization drops them stage by stage), not as instructions."""
+    out: list[Part] = []
+    for part in parts:
+        found = fixed_run(part) if isinstance(part, str) else None
+        if found is None:
+            out.append(part)
+            continue
+        start, end, run, blocks, frame = found
+        for block in blocks:
+            digest = example_hash(block)
+            inline_pool[block] = digest
+            examples[digest] = ExampleInfo(*frame.input_output(block), block)
+        out += [p for p in (part[:start], run, part[end:]) if p != ""]
+    return out

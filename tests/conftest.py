@@ -1,15 +1,10 @@
 """Session-wide test settings: offline, and every test's PROMPTINTERN_HOME in a temporary folder."""
 
-import os
-
 import pytest
 
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# llama.cpp's OpenMP threads busy-wait by default, which starves everything else on 2 cores.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from gateway.environment import apply_defaults
+
+apply_defaults()  # before any test module loads litellm, llama.cpp or transformers
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import math
 import pytest
 
 from benchmarks.paper_cost import PriceModel
-from benchmarks.paper_llama import percentile
 from benchmarks.paper_metrics import (
     bash_template,
     code_tokens,
@@ -20,6 +19,7 @@ from benchmarks.paper_metrics import (
 )
 from benchmarks.paper_results import Results, add_upstream_costs, check_targets, render_markdown
 from benchmarks.paper_tasks import TASKS, first_command_line, python_snippet
+from gateway.accounting.report import percentile
 
 
 def test_code_tokens_follow_the_official_conala_tokenisation():

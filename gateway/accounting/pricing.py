@@ -10,17 +10,17 @@ from __future__ import annotations
 import functools
 import importlib.util
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gateway.environment import apply_defaults
 from gateway.settings import Price, Settings, UpstreamModel
 
 
 def import_litellm():
     """litellm, imported on first use (slow to import), never allowed to fetch its cost map online."""
-    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    apply_defaults()
     import litellm
 
     litellm.suppress_debug_info = True
@@ -66,6 +66,16 @@ class Pricer:
 
     def _has_override(self, model: UpstreamModel) -> bool:
         return model.name in self.settings.prices or model.litellm_model in self.settings.prices
+
+
+def counterfactual_price(pricer: Pricer, upstream: UpstreamModel) -> Price | None:
+    """The price of the full prompt at the upstream the client asked for; for a local upstream (priced per
+    compute-second), the litellm price of `settings.counterfactual_price_model`."""
+    prices = pricer.settings.prices
+    if upstream.local and upstream.name not in prices and upstream.litellm_model not in prices:
+        reference = pricer.settings.counterfactual_price_model
+        return pricer.price_for(UpstreamModel(name=reference, litellm_model=reference))
+    return pricer.price_for(upstream)
 
 
 def token_cost(price: Price, usage: Usage) -> float:

@@ -23,6 +23,10 @@ dashboard page share:
      "by_template": [{"template_id": str | null, "template_name": str | null, **FIGURES}, ...],
      "by_day": [{"day": "YYYY-MM-DD", **FIGURES}, ...],
      "by_template_day": [{"template_id": ..., "template_name": ..., "day": ..., **FIGURES}, ...],
+     "templates": [{"template_id", "template_name", "status", "model_id", "gate_metric", "gate_score",
+                    "shadow_agreement", "shadow_samples", "canary_percent", "command", "command_does",
+                    **FIGURES}, ...],
+     "next_step": {"title", "text", "command"} | null,
      "calibration": [CALIBRATION, ...]}
 
 CALIBRATION (one per route, selective routing): {"template_id", "template_name", "model_id", "mode",
@@ -34,7 +38,9 @@ stored calibration (internalizer/calibrate.py) under "model": {"signal", "metric
 
 FIGURES are the keys of `FIGURE_DOCS` below (null where a figure has no data, e.g. no routed request yet).
 by_template is sorted by uncached baseline spend (largest first), days ascending; template_id null
-groups the requests that belong to no template. Days are UTC dates of startTime.
+groups the requests that belong to no template. Days are UTC dates of startTime. `templates` has one card
+per known template (gateway/accounting/template_cards.py: status, model, gate score, shadow agreement);
+`next_step` says what to run when nothing is served locally yet.
 """
 
 from __future__ import annotations
@@ -47,6 +53,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlite_utils
+
+from gateway.accounting.template_cards import next_step, template_cards
 
 REPORT_SCHEMA = "promptintern.report/1"
 
@@ -61,6 +69,9 @@ FIGURE_DOCS: dict[str, str] = {
     "live_agreement": "mean agreement of those with the upstream answer",
     "shadowed": "requests served upstream and also run locally for comparison (route shadow)",
     "errors": "requests answered with an HTTP error status",
+    "served": "requests answered without an error (the set the latency figures are computed over)",
+    "served_locally": "requests a local model answered without an error",
+    "local_share": "served_locally / served (0..1)",
     "input_tokens_before": "prompt tokens the full prompts would have sent upstream",
     "input_tokens_after": "prompt tokens actually sent (query-only prompts for routed requests)",
     "input_token_reduction_pct": "100 x (before - after) / before",
@@ -108,6 +119,7 @@ select q.template_id, q.day, (select name from templates t where t.id = q.templa
   sum(case when q.route = 'local' then coalesce(q.counterfactual_cached_spend, q.spend, 0)
            else coalesce(q.spend, 0) - {_WASTED} end),
   sum(coalesce(q.spend, 0)),
+  sum(q.status is null or q.status < 400), sum(q.route = 'local' and (q.status is null or q.status < 400)),
   sum(q.route = 'escalated'),
   sum(q.route = 'local' and q.shadow_agreement is not null),
   sum(case when q.route = 'local' then coalesce(q.shadow_agreement, 0) else 0 end)
@@ -136,6 +148,8 @@ class _Bucket:
     spend_before_uncached: float = 0.0
     spend_before_cached: float = 0.0
     spend_after: float = 0.0
+    served: int = 0
+    served_locally: int = 0
     escalated: int = 0
     live_compared: int = 0
     live_agreement_sum: float = 0.0
@@ -162,6 +176,9 @@ class _Bucket:
             "live_agreement": self.live_agreement_sum / self.live_compared if self.live_compared else None,
             "shadowed": self.shadowed,
             "errors": self.errors,
+            "served": self.served,
+            "served_locally": self.served_locally,
+            "local_share": self.served_locally / self.served if self.served else None,
             "input_tokens_before": before,
             "input_tokens_after": after,
             "input_token_reduction_pct": 100.0 * (before - after) / before if before else None,
@@ -179,8 +196,8 @@ class _Bucket:
 
 SUMMED = (
     "requests", "routed", "fallbacks", "shadowed", "errors", "tokens_before", "tokens_after",
-    "spend_before_uncached", "spend_before_cached", "spend_after", "escalated", "live_compared",
-    "live_agreement_sum",
+    "spend_before_uncached", "spend_before_cached", "spend_after", "served", "served_locally",
+    "escalated", "live_compared", "live_agreement_sum",
 )  # fmt: skip
 
 
@@ -213,7 +230,7 @@ def build_report(
         for tid, bucket in by_template.items()
     ]
     templates.sort(key=lambda t: (-t["spend_before_uncached"], -t["requests"], t["template_id"] or ""))
-    return {
+    report = {
         "schema": REPORT_SCHEMA,
         "generated_at": datetime.now(UTC).isoformat(),
         "since": params["since"] or None,
@@ -226,6 +243,9 @@ def build_report(
         ],
         "calibration": calibrations(db),
     }
+    report["templates"] = template_cards(db, templates, params["since"], _Bucket().figures())
+    report["next_step"] = next_step(db, report)
+    return report
 
 
 _ROUTES = """

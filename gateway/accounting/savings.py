@@ -24,13 +24,13 @@ Token counts for the counterfactual:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from gateway.accounting.pricing import Usage, import_litellm, token_cost
 from gateway.settings import Price
+from gateway.templates.request_shape import message_text
 
 Message = dict[str, Any]
 PromptCounter = Callable[[Sequence[Message]], int]
@@ -148,7 +148,7 @@ def estimate_prompt_tokens(model: str, messages: Sequence[Message]) -> int:
     try:  # litellm is slow to import: only on the first estimate (the gateway has loaded it anyway)
         return int(import_litellm().token_counter(model=model, messages=list(messages)))
     except Exception:  # no tokenizer for this model offline: ~4 characters per token, 3 tokens per message
-        return sum(3 + len(_text(m)) // 4 for m in messages) + 3
+        return sum(3 + len(message_text(m)) // 4 for m in messages) + 3
 
 
 def estimate_text_tokens(model: str, text: str) -> int:
@@ -171,7 +171,7 @@ def static_prefix_messages(messages: Sequence[Message], slot_values: Sequence[st
     needles = [value for value in slot_values if value]
     prefix: list[Message] = []
     for message in messages:
-        text = _text(message)
+        text = message_text(message)
         cut = min((pos for pos in (text.find(v) for v in needles) if pos >= 0), default=-1)
         if cut < 0:
             prefix.append(message)
@@ -185,12 +185,3 @@ def static_prefix_messages(messages: Sequence[Message], slot_values: Sequence[st
 def estimate_static_prefix_tokens(model: str, messages: Sequence[Message], slot_values: Sequence[str]) -> int:
     prefix = static_prefix_messages(messages, slot_values)
     return estimate_prompt_tokens(model, prefix) if prefix else 0
-
-
-def _text(message: Message) -> str:
-    content = message.get("content")
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):  # content parts: only text is counted
-        return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-    return "" if content is None else json.dumps(content)

@@ -1,8 +1,4 @@
-"""Which backend answers a request: the model registry and the default choice function.
-
-`choose_backend(request, registry)` is the seam the later `gateway/routing/router.py` replaces (through
-`create_app(settings, choose_backend=...)`) to send requests that match an internalized template to a local
-model. Its default only resolves the client's model name:
+"""The model registry: which upstream model answers the model name a client asked for.
 
 - a configured model's `name` is served by that model;
 - any other name falls back to `settings.default_model` when it is set, and is a 404 `model_not_found`
@@ -17,18 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.api.errors import GatewayError
-from gateway.api.schemas import ChatCompletionRequest, model_card
+from gateway.api.schemas import model_card
 from gateway.settings import Settings, UpstreamModel
-
-
-@dataclass(frozen=True)
-class Choice:
-    """The backend chosen for one request, how it was reached (`route`), and the body to send it."""
-
-    model: UpstreamModel
-    route: str = "upstream"
-    body: dict[str, Any] | None = None  # None = the client's body unchanged (a router may rewrite it)
-    template_id: str | None = None
 
 
 @dataclass
@@ -75,11 +61,3 @@ def check_default_model(default_model: str | None, names: list[str]) -> None:
 def model_names(settings: Settings) -> list[str]:
     """The client-facing model names these settings serve (the embedded model's when none is configured)."""
     return [m.name for m in settings.models] or [settings.embedded_model_name]
-
-
-ChooseBackend = Callable[[ChatCompletionRequest, ModelRegistry], Choice]
-
-
-def choose_backend(request: ChatCompletionRequest, registry: ModelRegistry) -> Choice:
-    """Default policy: every request goes upstream to the model its name resolves to."""
-    return Choice(model=registry.resolve(request.model))

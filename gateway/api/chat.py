@@ -1,4 +1,4 @@
-"""`POST /v1/chat/completions`: auth -> parse/validate -> choose a backend -> call -> log -> respond.
+"""`POST /v1/chat/completions`: auth -> parse/validate -> resolve model -> match -> call -> log -> respond.
 
 Authentication comes before parsing so an unauthenticated caller costs neither a JSON parse nor a logged
 prompt. Every request, failed or not, becomes one `requests` row, and that row is committed before the
@@ -7,21 +7,21 @@ response completes: before the JSON body is sent, and for a stream before its fi
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import ValidationError
 
-from gateway.api.errors import GatewayError, validation_message
+from gateway.accounting.ledger import Template
+from gateway.api.errors import GatewayError
 from gateway.api.exchange import Exchange, log_exchange, log_unavailable, usage_from
-from gateway.api.local_serving import accounting_for, schedule_shadow, serve_local
-from gateway.api.schemas import ChatCompletionRequest
+from gateway.api.limits import decode_request, read_body
+from gateway.api.local_serving import schedule_shadow, serve_local
 from gateway.api.streaming import stream_response
 from gateway.state import Gateway
+from gateway.upstream.errors import Reply
+from gateway.upstream.validate import answer_chars, check_completion, too_large
 
 log = logging.getLogger("promptintern.gateway")
 
@@ -30,19 +30,18 @@ async def chat_completions(request: Request, gateway: Gateway) -> Response:
     exchange = Exchange(request.scope.get("promptintern.started", time.perf_counter()))
     try:
         exchange.api_key_id = gateway.auth.authenticate(request.headers.get("authorization"))
-        body = await read_json_body(request, gateway.settings.max_body_bytes)
-        exchange.body = body
+        raw = await read_body(request, gateway.settings)
+        body, checked = await decode_request(raw, gateway.settings)
+        exchange.body, exchange.large = body, len(raw) > gateway.settings.offload_parse_bytes
         if isinstance(body.get("model"), str):
             exchange.model_requested = body["model"]
         exchange.stream = body.get("stream") is True
-        chat_request = validate(body)
-        choice = gateway.choose_backend(chat_request, gateway.registry)
-        exchange.backend, exchange.route, exchange.template_id = (
-            choice.model,
-            choice.route,
-            choice.template_id,
-        )
-        if (chat_request.n or 1) > 1 and not choice.model.supports_n:
+        if isinstance(checked, GatewayError):
+            raise checked
+        chat_request = checked
+        backend = gateway.registry.resolve(chat_request.model)
+        exchange.backend, exchange.route = backend, "upstream"
+        if (chat_request.n or 1) > 1 and not backend.supports_n:
             raise GatewayError(
                 400,
                 f"n={chat_request.n} is not supported by the backend for '{chat_request.model}'; "
@@ -50,11 +49,10 @@ async def chat_completions(request: Request, gateway: Gateway) -> Response:
                 code="unsupported_parameter",
                 param="n",
             )
-        send_body = choice.body if choice.body is not None else body
-        decision = gateway.router.decide(body) if gateway.router is not None and choice.body is None else None
+        decision = gateway.router.decide(body) if gateway.router is not None else None
         if decision is not None:  # a mined template: maybe served locally, always accounted for
             exchange.template_id = decision.template_id
-            exchange.accounting = accounting_for(gateway, choice.model, decision, body["messages"])
+            exchange.template = Template(backend, body["messages"], list(decision.match.slots.values()))
             if decision.mode == "local":
                 local_response = await serve_local(gateway, exchange, decision, chat_request, body)
                 if local_response is not None:
@@ -62,12 +60,17 @@ async def chat_completions(request: Request, gateway: Gateway) -> Response:
             elif decision.mode == "shadow":
                 schedule_shadow(gateway, exchange, decision, body)
         if chat_request.stream:
-            return await stream_response(gateway, exchange, send_body, chat_request.include_usage)
-        reply = await gateway.upstream.complete(choice.model, send_body, exchange.timing)
+            return await stream_response(gateway, exchange, body, chat_request.include_usage)
+        reply = checked_reply(
+            await gateway.upstream.complete(backend, body, exchange.timing),
+            exchange,
+            gateway.settings.max_upstream_response_bytes,
+        )
         choices = reply.body.get("choices") or [{}]
         exchange.response_text = (choices[0].get("message") or {}).get("content")
         exchange.finish_reason = choices[0].get("finish_reason")
         exchange.usage = usage_from(reply.body.get("usage"))
+        exchange.completion_id = reply.body.get("id") if isinstance(reply.body.get("id"), str) else None
     except GatewayError as exc:
         return await _failed(gateway, exchange, exc)
     except Exception as exc:  # a bug or a malformed upstream answer: still one logged row, never a traceback
@@ -84,37 +87,15 @@ async def chat_completions(request: Request, gateway: Gateway) -> Response:
     return JSONResponse(reply.body, headers=headers)
 
 
-async def read_json_body(request: Request, max_bytes: int) -> dict[str, Any]:
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > max_bytes:
-        raise _too_large(max_bytes)
-    parts, size = [], 0
-    async for part in request.stream():
-        size += len(part)
-        if size > max_bytes:
-            raise _too_large(max_bytes)
-        parts.append(part)
-    try:
-        body = json.loads(b"".join(parts))
-    except ValueError:  # also bad UTF-8
-        raise GatewayError(400, "The request body is not valid JSON.", code="invalid_json") from None
-    if not isinstance(body, dict):
-        raise GatewayError(400, "The request body must be a JSON object.", code="invalid_json")
-    return body
-
-
-def validate(body: dict[str, Any]) -> ChatCompletionRequest:
-    try:
-        return ChatCompletionRequest.model_validate(body)
-    except ValidationError as exc:
-        message, param = validation_message(list(exc.errors()))
-        raise GatewayError(400, message, code="invalid_value", param=param) from None
-
-
-def _too_large(max_bytes: int) -> GatewayError:
-    return GatewayError(
-        413, f"The request body is larger than the limit of {max_bytes} bytes.", code="request_too_large"
-    )
+def checked_reply(reply: Reply, exchange: Exchange, max_bytes: int) -> Reply:
+    """The reply checked at the edge (gateway/upstream/validate.py), re-serialized if a field was dropped."""
+    dropped = check_completion(reply.body)
+    if reply.raw is None and answer_chars(reply.body) > max_bytes:  # litellm read it whole already
+        raise too_large(max_bytes)
+    if dropped:
+        exchange.upstream_dropped += dropped
+        return Reply(reply.body)
+    return reply
 
 
 async def _failed(
@@ -122,4 +103,8 @@ async def _failed(
 ) -> Response:
     if log_row:
         await log_exchange(gateway, exchange, error.status, error)
-    return error.response(headers=exchange.headers())
+    headers = exchange.headers()
+    retry_after = getattr(error, "retry_after_s", None)
+    if retry_after is not None:  # the upstream's wait, for the client's own retry
+        headers["retry-after"] = str(max(1, round(retry_after)))
+    return error.response(headers=headers)

@@ -1,49 +1,53 @@
-"""`GET /dashboard` (HTML) and `GET /dashboard/report.json`: the savings report, from the log, per request.
+"""`GET /dashboard` (the page) and `GET /dashboard/report.json` (the savings report it is drawn from).
 
 Include `router` in the app. It expects `request.app.state.settings` to be a `Settings` (the log is
-`settings.db_path`); tests and embedders may override the `report_db` dependency instead. Both endpoints
-take `?since=` like `promptintern report --since`. The page is self-contained: tables plus the report's
-PNG chart inlined as a data: URI, no script, nothing fetched from anywhere; it reloads itself every 30 s.
-Handlers are plain `def`, so FastAPI runs the SQLite reads and the chart rendering in its thread pool,
-never on the event loop.
+`settings.db_path`); tests and embedders may override the `report_db` dependency instead. Both take
+`?since=` like `promptintern report --since`, plus `month` (the calendar month so far, the page's default)
+and `all`; report.json defaults to all.
+
+The page is one self-contained HTML document (gateway/api/dashboard_page/: markup, CSS and a small script,
+no build step, nothing fetched from anywhere else: gateways often run offline). The report JSON is embedded
+in it and the script draws the figures, the template cards and inline-SVG charts from it, then fetches
+report.json again every 30 s. With gateway API keys set, both need a key: `Authorization: Bearer <key>`, or
+the key as the password of HTTP Basic auth, which a browser asks for (the 401 says so).
+
+Handlers are plain `def`, so FastAPI runs the SQLite reads in its thread pool, never on the event loop.
 """
 
 from __future__ import annotations
 
-import base64
-import html
+import json
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
+from functools import cache
+from importlib.resources import files
 from typing import Annotated, Any
 
 import sqlite_utils
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse
 
-from gateway.accounting.report import FIGURE_DOCS, build_report, format_figure, parse_since
+from gateway.accounting.report import build_report, parse_since
+from gateway.api.auth import Authenticator
+from gateway.api.errors import GatewayError
 from gateway.log.store import open_db
 
-REFRESH_S = 30
-PAGE_FIGURES = (
-    "requests",
-    "routed",
-    "routed_share",
-    "fallbacks",
-    "input_tokens_before",
-    "input_tokens_after",
-    "input_token_reduction_pct",
-    "latency_p50_before_ms",
-    "latency_p95_before_ms",
-    "latency_p50_after_ms",
-    "latency_p95_after_ms",
-    "spend_before_uncached",
-    "spend_before_cached",
-    "spend_after",
-    "saved_vs_uncached",
-    "saved_vs_cached",
-)
+PAGE_DEFAULT_SINCE = "month"
 
-router = APIRouter(tags=["dashboard"])
+
+def require_key(request: Request) -> None:
+    """A gateway API key when keys are set (Bearer, or HTTP Basic's password for browsers)."""
+    gateway = getattr(request.app.state, "gateway", None)
+    auth = gateway.auth if gateway is not None else Authenticator(request.app.state.settings.api_keys)
+    try:
+        auth.authenticate(request.headers.get("authorization"), allow_basic=True)
+    except GatewayError as exc:
+        # The header makes a browser ask for the key (as the password; any user name).
+        challenge = {"WWW-Authenticate": 'Basic realm="PromptIntern gateway", charset="UTF-8"'}
+        raise HTTPException(status_code=401, detail=exc.message, headers=challenge) from None
+
+
+router = APIRouter(tags=["dashboard"], dependencies=[Depends(require_key)])
 
 
 def report_db(request: Request) -> Iterator[sqlite_utils.Database]:
@@ -55,93 +59,50 @@ def report_db(request: Request) -> Iterator[sqlite_utils.Database]:
         db.close()
 
 
-def since_param(since: Annotated[str | None, Query(description="7d, 24h, 2026-11-20, ISO datetime")] = None):
-    if not since:
+def parse_period(since: str | None, now: datetime | None = None) -> datetime | None:
+    """`month` (this calendar month, UTC), `all` or None (everything), or anything `parse_since` takes."""
+    now = now or datetime.now(UTC)
+    if not since or since == "all":
         return None
+    if since == "month":
+        return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     try:
-        return parse_since(since)
+        return parse_since(since, now)
     except ValueError as exc:
         raise HTTPException(status_code=400, detail=str(exc)) from exc
 
 
+SinceQuery = Annotated[str | None, Query(description="month, all, 7d, 24h, 2026-11-20, ISO datetime")]
 DbDep = Annotated[sqlite_utils.Database, Depends(report_db)]
-SinceDep = Annotated[datetime | None, Depends(since_param)]
 
 
 @router.get("/dashboard/report.json")
-def report_json(request: Request, db: DbDep, since: SinceDep) -> dict[str, Any]:
-    return build_report(db, since, local_cost_per_hour=request.app.state.settings.local_cost_per_hour)
+def report_json(request: Request, db: DbDep, since: SinceQuery = None) -> dict[str, Any]:
+    return _report(request, db, parse_period(since))
 
 
 @router.get("/dashboard", response_class=HTMLResponse)
-def dashboard(request: Request, db: DbDep, since: SinceDep) -> HTMLResponse:
-    from gateway.accounting.report_chart import render_png
-
-    report = build_report(db, since, local_cost_per_hour=request.app.state.settings.local_cost_per_hour)
-    chart = base64.b64encode(render_png(report)).decode()
-    return HTMLResponse(render_page(report, chart))
+def dashboard(request: Request, db: DbDep, since: SinceQuery = None) -> HTMLResponse:
+    report = _report(request, db, parse_period(since or PAGE_DEFAULT_SINCE))
+    return HTMLResponse(render_page(report), headers={"cache-control": "no-store"})
 
 
-def render_page(report: dict[str, Any], chart_png_b64: str) -> str:
-    totals = report["totals"]
-    headline = (
-        f"{format_figure('requests', totals['requests'])} requests, "
-        f"{format_figure('routed_share', totals['routed_share'])} routed, "
-        f"{format_figure('input_token_reduction_pct', totals['input_token_reduction_pct'])} "
-        "fewer input tokens, "
-        f"{format_figure('saved_vs_cached', totals['saved_vs_cached'])} saved vs the cached baseline"
-    )
-    since = report["since"] or "the first request"
-    templates = [
-        (_template_label(t), t, {"data-template": t["template_id"] or ""}) for t in report["by_template"]
-    ]
-    days = [(d["day"], d, {"data-day": d["day"]}) for d in report["by_day"]]
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<meta http-equiv="refresh" content="{REFRESH_S}">
-<title>PromptIntern savings</title>
-<style>
-body {{ font: 14px system-ui, sans-serif; margin: 1.5em; color: #222; }}
-table {{ border-collapse: collapse; margin: 0.5em 0 1.5em; }}
-th, td {{ border: 1px solid #ccc; padding: 3px 6px; }}
-td {{ text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }}
-td.label {{ text-align: left; font-family: monospace; }}
-th {{ background: #f3f3f3; font-weight: 600; font-size: 12px; }}
-img {{ max-width: 100%; border: 1px solid #ddd; }}
-</style></head>
-<body>
-<h1>PromptIntern savings</h1>
-<p id="headline">{html.escape(headline)}</p>
-<p class="meta">Computed from the log at {html.escape(report["generated_at"])}, requests since
-{html.escape(since)}. "Before" = the same traffic without routing (routed requests' full prompts upstream);
-"after" = what was sent and spent.</p>
-<h2>Totals</h2>
-{_table("totals", [("all", totals, {"data-total": "all"})])}
-<h2>Per template</h2>
-{_table("by-template", templates)}
-<h2>Per day</h2>
-{_table("by-day", days)}
-<h2>Chart</h2>
-<img id="chart" alt="savings chart" src="data:image/png;base64,{chart_png_b64}">
-</body></html>
-"""
+def _report(request: Request, db: sqlite_utils.Database, since: datetime | None) -> dict[str, Any]:
+    return build_report(db, since, local_cost_per_hour=request.app.state.settings.local_cost_per_hour)
 
 
-def _template_label(row: dict[str, Any]) -> str:
-    if row["template_id"] is None:
-        return "(no template)"
-    return f"{row['template_id'][:12]} {row['template_name'] or ''}".strip()
+def render_page(report: dict[str, Any]) -> str:
+    """The page with the report embedded as JSON (escaped so no text from the log can close the script)."""
+    html, css, script = _assets()
+    data = json.dumps(report, ensure_ascii=False).replace("<", "\\u003c").replace(">", "\\u003e")
+    data = data.replace("&", "\\u0026").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+    return html.replace("/*__CSS__*/", css).replace("/*__JS__*/", script).replace("__REPORT__", data)
 
 
-def _table(table_id: str, rows: list[tuple[str, dict[str, Any], dict[str, str]]]) -> str:
-    head = "".join(
-        f'<th title="{html.escape(FIGURE_DOCS[f])}">{f.replace("_", " ")}</th>' for f in PAGE_FIGURES
-    )
-    body = []
-    for label, figures, attrs in rows:
-        row_attrs = "".join(f' {k}="{html.escape(v)}"' for k, v in attrs.items())
-        cells = "".join(
-            f'<td data-figure="{f}">{html.escape(format_figure(f, figures[f]))}</td>' for f in PAGE_FIGURES
-        )
-        body.append(f'<tr{row_attrs}><td class="label">{html.escape(label)}</td>{cells}</tr>')
-    return f'<table id="{table_id}"><tr><th></th>{head}</tr>{"".join(body)}</table>'
+@cache
+def _assets() -> tuple[str, str, str]:
+    folder = files("gateway.api").joinpath("dashboard_page")
+    return tuple(folder.joinpath(name).read_text(encoding="utf-8") for name in PAGE_FILES)  # type: ignore
+
+
+PAGE_FILES = ("dashboard.html", "dashboard.css", "dashboard.js")

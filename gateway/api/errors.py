@@ -1,4 +1,4 @@
-"""OpenAI-style error objects, the exception handlers that produce them, and the scrubbing of secrets.
+"""OpenAI-style error objects and the exception handlers that produce them (secrets: gateway/api/scrub.py).
 
 Every failure the HTTP API reports is `{"error": {"message", "type", "param", "code"}}` with the right status;
 a traceback never reaches a client.
@@ -7,13 +7,15 @@ a traceback never reaches a client.
 from __future__ import annotations
 
 import logging
-import re
-from collections.abc import Iterable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from gateway.api.scrub import scrub
+
+__all__ = ["GatewayError", "install_error_handlers", "scrub", "validation_message"]
 
 log = logging.getLogger("promptintern.gateway")
 
@@ -24,6 +26,7 @@ _TYPE_BY_STATUS = {
     403: "permission_error",
     404: "invalid_request_error",
     405: "invalid_request_error",
+    408: "invalid_request_error",
     413: "invalid_request_error",
     429: "rate_limit_error",
     499: "client_closed_request",
@@ -65,24 +68,6 @@ class GatewayError(Exception):
 
     def response(self, headers: dict[str, str] | None = None) -> JSONResponse:
         return JSONResponse(self.body(), status_code=self.status, headers=headers)
-
-
-# Key-looking strings: provider keys (sk-..., sk-ant-..., gsk_...), bearer tokens, key=... query parameters.
-_SECRET_PATTERNS = [
-    re.compile(r"\b(sk|rk|pk|gsk|xai)[-_][A-Za-z0-9_\-]{8,}"),
-    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._\-]{8,}"),
-    re.compile(r"(?i)((?:api[-_]?key|token|secret)[\"']?\s*[:=]\s*[\"']?)[^\s\"'&,}]{6,}"),
-]
-
-
-def scrub(text: str, secrets: Iterable[str] = ()) -> str:
-    """`text` with every known secret and anything that looks like a key replaced by `***`."""
-    for secret in secrets:
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, "***")
-    for pattern in _SECRET_PATTERNS:
-        text = pattern.sub(lambda m: (m.group(1) if m.lastindex and m.group(1).strip() else "") + "***", text)
-    return text
 
 
 def _http_exception_error(exc: StarletteHTTPException) -> GatewayError:

@@ -11,19 +11,19 @@ stream the header covers the time up to the first chunk and the row covers the w
 
 from __future__ import annotations
 
-import json
+import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from gateway.accounting.pricing import Pricer, Usage
-from gateway.accounting.savings import Savings, local_compute_cost
+from gateway.accounting.ledger import Served, Template
+from gateway.accounting.pricing import Usage
 from gateway.api.errors import GatewayError
-from gateway.log.writer import content_hash
+from gateway.log.writer import LogTimeout, content_hash, json_text
 from gateway.settings import UpstreamModel
 from gateway.state import Gateway
 from gateway.upstream.client import Timing
@@ -51,12 +51,14 @@ def usage_from(payload: dict[str, Any] | None) -> Usage | None:
 class Exchange:
     def __init__(self, started_perf: float) -> None:
         self.request_id = "req-" + uuid.uuid4().hex
+        self.completion_id: str | None = None  # the `chatcmpl-...` id the client saw
         # Wall-clock start, back-dated to when the request reached the gateway (the middleware's clock).
         self.started_wall = time.time() - (time.perf_counter() - started_perf)
         self.started_perf = started_perf
         self.timing = Timing()
         self.api_key_id: str | None = None
         self.body: dict[str, Any] | None = None
+        self.large = False  # a body past offload_parse_bytes: its row is built off the event loop
         self.model_requested: str | None = None
         self.backend: UpstreamModel | None = None
         self.route = "none"
@@ -66,16 +68,17 @@ class Exchange:
         self.response_text: str | None = None
         self.finish_reason: str | None = None
         self.usage: Usage | None = None
+        self.upstream_dropped: list[
+            str
+        ] = []  # reply fields dropped as invalid (gateway/upstream/validate.py)
         # Routing (gateway/routing/router.py): time spent waiting on a local model (not gateway overhead), the
-        # compute it used, why it was given up (a fallback), and the counterfactual accounting.
+        # compute it used, why it was given up (a fallback), and the template matched (for its accounting).
         self.local_wait_s = 0.0
         self.local_compute_s = 0.0
         self.local_error: str | None = None
-        self.local_confidence: float | None = (
-            None  # the local answer's confidence (gateway/local/confidence.py)
-        )
-        self.accounting: Callable[[Exchange], Awaitable[Savings | None]] | None = None
-        self.savings: Savings | None = None
+        self.template: Template | None = None
+        # the local answer's confidence (gateway/local/confidence.py)
+        self.local_confidence: float | None = None
         self.after_log: Callable[[], None] | None = None  # run once the row is committed (shadow runs)
 
     # ---- timing ----------------------------------------------------------------------------------------
@@ -99,28 +102,34 @@ class Exchange:
         }
 
     # ---- the log row -----------------------------------------------------------------------------------
+    def served(self, status: int) -> Served:
+        """The facts the accounting needs (gateway/accounting/ledger.py); a counterfactual only on success."""
+        return Served(
+            route=self.route,
+            backend=self.backend,
+            usage=self.usage,
+            backend_s=self.timing.backend_s,
+            local_compute_s=self.local_compute_s,
+            answer=self.response_text,
+            template=self.template if status == 200 else None,
+        )
+
     def row(
-        self, status: int, pricer: Pricer, error: str | None = None, error_code: str | None = None
+        self, status: int, money: dict[str, Any], error: str | None = None, error_code: str | None = None
     ) -> dict:
+        """The `requests` row; `money` holds the columns the ledger computed (spend, local compute,
+        counterfactual)."""
         body = self.body or {}
         messages = body.get("messages")
         params = {k: v for k, v in body.items() if k not in ("messages", "model")}
         latency_ms = self.elapsed_ms()
         backend = self.backend
         usage = self.usage
-        spend = None
-        if self.route == "local":  # the local model's compute is the whole bill
-            spend = local_compute_cost(self.local_compute_s, pricer.settings.local_cost_per_hour)
-        elif backend is not None and (usage is not None or backend.local):
-            spend = pricer.spend(backend, usage or Usage(), self.timing.backend_s)
-        if self.route != "local" and self.local_compute_s:  # a fallback's wasted local compute counts
-            spend = (spend or 0.0) + local_compute_cost(
-                self.local_compute_s, pricer.settings.local_cost_per_hour
-            )
         if self.local_error is not None and error is None:
             error = f"fallback: {self.local_error}"
         return {
             "request_id": self.request_id,
+            "completion_id": self.completion_id,
             "startTime": _iso(self.started_wall),
             "endTime": _iso(self.started_wall + latency_ms / 1000),
             "api_key_id": self.api_key_id,
@@ -128,8 +137,8 @@ class Exchange:
             "model_served": backend.litellm_model if backend else None,
             "api_base": _without_credentials(backend.api_base) if backend else None,
             "route": self.route,
-            "messages": json.dumps(messages, ensure_ascii=False) if messages is not None else None,
-            "params": json.dumps(params, ensure_ascii=False) if self.body is not None else None,
+            "messages": json_text(messages, yielding=self.large) if messages is not None else None,
+            "params": json_text(params, yielding=self.large) if self.body is not None else None,
             "stream": int(self.stream),
             "response": self.response_text,
             "finish_reason": self.finish_reason,
@@ -140,31 +149,43 @@ class Exchange:
             "ttft_ms": self.ttft_ms,
             "latency_ms": latency_ms,
             "overhead_ms": self.overhead_ms(latency_ms),
-            "spend": spend,
             "status": status,
             "error": error,
             "error_code": error_code,  # metrics only; not a column
+            "upstream_dropped": self.upstream_dropped,  # metrics only; named in `sanitized`
+            "sanitized": ("upstream_dropped:" + "+".join(self.upstream_dropped))
+            if self.upstream_dropped
+            else None,
+            "upstream_s": self.timing.backend_s,  # metrics only; not a column
             "source": "gateway",
-            "content_hash": content_hash(messages, params, self.response_text)
+            "content_hash": content_hash(messages, params, self.response_text, yielding=self.large)
             if self.body is not None
             else None,
             "template_id": self.template_id,
-            "local_compute_s": self._local_compute_column(),
             "local_confidence": self.local_confidence,
-            **(_counterfactual_columns(self.savings) if self.savings is not None else {}),
+            **money,
         }
 
-    def _local_compute_column(self) -> float | None:
-        if self.route == "local":
-            return self.local_compute_s
-        upstream_local = self.backend is not None and self.backend.local
-        if not upstream_local and not self.local_compute_s:
-            return None
-        return (self.timing.backend_s if upstream_local else 0.0) + self.local_compute_s
-
-
-def _counterfactual_columns(savings: Savings) -> dict[str, Any]:
-    return {k: v for k, v in savings.as_columns().items() if k != "local_compute_s"}  # set by the route
+    def minimal_row(self, status: int, error: str | None, error_code: str | None) -> dict:
+        """The row when `row()` failed: what the request was and how it ended, no accounting."""
+        latency_ms = self.elapsed_ms()
+        return {
+            "request_id": self.request_id,
+            "startTime": _iso(self.started_wall),
+            "endTime": _iso(self.started_wall + latency_ms / 1000),
+            "api_key_id": self.api_key_id,
+            "model": self.model_requested,
+            "route": self.route,
+            "stream": int(self.stream),
+            "response": self.response_text,
+            "latency_ms": latency_ms,
+            "status": status,
+            "error": error,
+            "error_code": error_code,
+            "source": "gateway",
+            "template_id": self.template_id,
+            "sanitized": "row:minimal",
+        }
 
 
 def _without_credentials(url: str | None) -> str | None:
@@ -187,16 +208,25 @@ async def log_exchange(
     gateway: Gateway, exchange: Exchange, status: int, error: GatewayError | None = None
 ) -> bool:
     """Commit the request's row (awaiting the group commit); False if the database refused it."""
-    if status == 200 and exchange.accounting is not None:
-        try:
-            exchange.savings = await exchange.accounting(exchange)
-        except Exception as exc:  # accounting never fails a request
-            log.error("request %s: savings not computed: %s", exchange.request_id, exc)
-    row = exchange.row(
-        status, gateway.pricer, error.message if error else None, error.code if error else None
-    )
+    message, code = (error.message, error.code) if error else (None, None)
     try:
-        await gateway.writer.write(row)
+        money = await gateway.ledger.columns_async(exchange.served(status))
+        if exchange.large:
+            row = await asyncio.to_thread(exchange.row, status, money, message, code)
+        else:
+            row = exchange.row(status, money, message, code)
+    except Exception as exc:  # a bug in building the row must not lose it: keep what surely works
+        log.error("request %s: log row degraded: %s", exchange.request_id, type(exc).__name__)
+        row = exchange.minimal_row(status, message, code)
+    try:
+        await gateway.writer.write(row, gateway.settings.log_commit_timeout_s)
+    except LogTimeout:
+        # The row stays queued and lands when the database allows, with the status the client got.
+        late = log_unavailable()
+        gateway.writer.submit_update(exchange.request_id, {"status": late.status, "error": late.message})
+        log.error("request %s: log commit timed out; answered 503", exchange.request_id)
+        row = {**row, "status": late.status, "error_code": late.code}
+        return False
     except Exception as exc:
         log.error("request %s not logged: %s", exchange.request_id, type(exc).__name__)
         return False

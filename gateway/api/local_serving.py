@@ -1,4 +1,4 @@
-"""Answering a routed request from its internalized model, the fallback upstream, shadow runs, accounting.
+"""Answering a routed request from its internalized model, the fallback upstream, and shadow runs.
 
 `serve_local` sends the query-only prompt to the local backend and answers in the OpenAI shape (JSON, or
 SSE with usage), with `model` as the client asked. Any failure before the first byte reaches the client
@@ -15,37 +15,31 @@ upstream, and the refused local answer, its confidence and its compute are logge
 
 `schedule_shadow` runs the local model in the background after a shadowed request's upstream answer was
 logged, then records the local answer and its agreement with the upstream one on that row.
-
-`accounting_for` fills the counterfactual columns (gateway/accounting/savings.py) of every templated request.
-The price is the upstream's the client asked for; when that upstream is itself local (the embedded llama.cpp
-default, priced per compute-second), `settings.counterfactual_price_model` prices the full prompt instead.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator
 from concurrent.futures import Future
 from typing import Any
 
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 
-from gateway.accounting.pricing import Pricer, Usage
-from gateway.accounting.savings import Savings, for_local_request, for_upstream_request, local_compute_cost
+from gateway.accounting.pricing import Usage
 from gateway.api.errors import GatewayError
 from gateway.api.exchange import Exchange, log_exchange, log_unavailable, usage_from
 from gateway.api.schemas import ChatCompletionRequest
-from gateway.api.streaming import log_client_gone, sse
+from gateway.api.streaming import ClosingStreamingResponse, log_client_gone, sse
 from gateway.local.backend import LocalDelta, LocalResult
 from gateway.local.confidence import DEFAULT_SIGNAL, confidence
 from gateway.routing.agreement import agreement
 from gateway.routing.router import Decision
 from gateway.routing.routes_store import Route
 from gateway.routing.selective import answer_agreement, escalates
-from gateway.settings import Price, UpstreamModel
+from gateway.settings import UpstreamModel
 from gateway.state import Gateway
 from gateway.upstream.errors import Timing
 
@@ -75,7 +69,7 @@ async def serve_local(
                 return None
             relay = LocalStream(gateway, exchange, request, route, upstream, body)
             headers = {**exchange.headers(), "cache-control": "no-cache"}
-            return StreamingResponse(
+            return ClosingStreamingResponse(
                 relay.run(deltas, stream), media_type="text/event-stream", headers=headers
             )
         result = await backend.chat(route.model_id, route.gguf_path, decision.local_messages, params)
@@ -181,7 +175,7 @@ async def _live_comparison(
         reply = await gateway.upstream.complete(upstream, request, timing)
         choices = reply.body.get("choices") or [{}]
         text = (choices[0].get("message") or {}).get("content")
-        dollars = gateway.pricer.spend(
+        dollars = gateway.ledger.pricer.spend(
             upstream, usage_from(reply.body.get("usage")) or Usage(), timing.backend_s
         )
         score = answer_agreement(route.metric or "exact", text, exchange.response_text)
@@ -273,6 +267,7 @@ class LocalStream:
 
 
 def _take_result(exchange: Exchange, result: LocalResult, route: Route) -> None:
+    exchange.completion_id = completion_id(exchange)
     exchange.response_text = result.text
     exchange.finish_reason = result.finish_reason
     exchange.usage = Usage(result.prompt_tokens, result.completion_tokens)
@@ -280,9 +275,13 @@ def _take_result(exchange: Exchange, result: LocalResult, route: Route) -> None:
     exchange.local_confidence = answer_confidence(result, route)
 
 
+def completion_id(exchange: Exchange) -> str:
+    return "chatcmpl-" + exchange.request_id.removeprefix("req-")
+
+
 def _envelope(exchange: Exchange, request: ChatCompletionRequest, kind: str) -> dict[str, Any]:
     return {
-        "id": "chatcmpl-" + exchange.request_id.removeprefix("req-"),
+        "id": completion_id(exchange),
         "object": kind,
         "created": int(exchange.started_wall),
         "model": request.model,
@@ -322,7 +321,6 @@ async def _shadow_run(gateway: Gateway, exchange: Exchange, decision: Decision, 
     except Exception as exc:
         log.warning("shadow run of %s failed: %s", exchange.request_id, exc)
         return
-    cost = local_compute_cost(result.compute_s, gateway.settings.local_cost_per_hour)
     update = gateway.writer.submit_update(
         exchange.request_id,
         {
@@ -330,58 +328,9 @@ async def _shadow_run(gateway: Gateway, exchange: Exchange, decision: Decision, 
             "shadow_agreement": agreement(exchange.response_text, result.text),
             "local_confidence": answer_confidence(result, route),
         },
-        {"local_compute_s": result.compute_s, "spend": cost},
+        gateway.ledger.shadow_charges(result.compute_s),
     )
     try:
         await asyncio.wrap_future(update)
     except Exception as exc:
         log.error("shadow answer of %s not logged: %s", exchange.request_id, exc)
-
-
-# ---- savings accounting --------------------------------------------------------------------------------
-
-
-def accounting_for(
-    gateway: Gateway, upstream: UpstreamModel, decision: Decision, messages: Sequence[dict]
-) -> Callable[[Exchange], Awaitable[Savings | None]]:
-    """The counterfactual of a templated request, computed (off the event loop) when its row is built."""
-    slot_values = list(decision.match.slots.values())
-
-    def compute(exchange: Exchange) -> Savings | None:
-        price = counterfactual_price(gateway.pricer, upstream)
-        count_prompt = count_text = None
-        if upstream.gguf_path is not None:  # a llama.cpp upstream: its exact tokenizer and chat template
-            counter = gateway.token_counters.for_model(upstream.gguf_path)
-            count_prompt = lambda m: counter.count(list(m), "").prompt_tokens  # noqa: E731
-            count_text = lambda t: counter.count([], t).completion_tokens  # noqa: E731
-        if exchange.route == "local":
-            savings = for_local_request(
-                price or Price(), upstream.litellm_model, messages, slot_values, exchange.response_text or "",
-                exchange.local_compute_s, count_prompt, count_text,
-            )  # fmt: skip
-        else:
-            usage = exchange.usage or Usage()
-            savings = for_upstream_request(
-                price or Price(), upstream.litellm_model, messages, slot_values, usage.prompt_tokens,
-                usage.completion_tokens, exchange.local_compute_s, count_prompt,
-            )  # fmt: skip
-        if price is None:  # nobody knows this upstream's price: tokens only, no dollars
-            savings = dataclasses.replace(
-                savings, counterfactual_spend=None, counterfactual_cached_spend=None
-            )
-        return savings
-
-    async def run(exchange: Exchange) -> Savings | None:
-        return await asyncio.to_thread(compute, exchange)
-
-    return run
-
-
-def counterfactual_price(pricer: Pricer, upstream: UpstreamModel) -> Price | None:
-    """The price of the full prompt at the upstream the client asked for; for a local upstream (priced per
-    compute-second), the litellm price of `settings.counterfactual_price_model`."""
-    prices = pricer.settings.prices
-    if upstream.local and upstream.name not in prices and upstream.litellm_model not in prices:
-        reference = pricer.settings.counterfactual_price_model
-        return pricer.price_for(UpstreamModel(name=reference, litellm_model=reference))
-    return pricer.price_for(upstream)

@@ -21,6 +21,21 @@ from gateway.api.errors import GatewayError
 from gateway.api.exchange import Exchange, log_exchange, log_unavailable, usage_from
 from gateway.state import Gateway
 from gateway.upstream.client import Chunk, UpstreamError
+from gateway.upstream.validate import answer_chars, check_chunk, too_large
+
+
+class ClosingStreamingResponse(StreamingResponse):
+    """A StreamingResponse that closes its generator however the response ends (client gone, client
+    stalled, error), so the relay's cleanup (log the row, close the upstream stream) runs right away
+    rather than whenever the garbage collector finds the suspended generator."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            aclose = getattr(self.body_iterator, "aclose", None)
+            if aclose is not None:
+                await aclose()
 
 
 def sse(payload: dict[str, Any]) -> bytes:
@@ -44,7 +59,7 @@ async def stream_response(
     first, rest = await gateway.upstream.open_stream(exchange.backend, upstream_body, exchange.timing)
     relay = StreamRelay(gateway, exchange, include_usage)
     headers = {**exchange.headers(), "cache-control": "no-cache"}  # overhead so far; the log has the total
-    return StreamingResponse(relay.run(first, rest), media_type="text/event-stream", headers=headers)
+    return ClosingStreamingResponse(relay.run(first, rest), media_type="text/event-stream", headers=headers)
 
 
 class StreamRelay:
@@ -56,6 +71,7 @@ class StreamRelay:
         self.closing: list[Chunk] = []
         self.envelope: dict[str, Any] = {}  # id/created/model of the stream, for a usage chunk we add
         self.logged = False  # the row has been handed to the writer
+        self.size = 0  # bytes (or characters) received so far, against max_upstream_response_bytes
 
     async def run(self, first: Chunk, rest: AsyncIterator[Chunk]) -> AsyncIterator[bytes]:
         try:
@@ -83,6 +99,7 @@ class StreamRelay:
                     exchange.timing.backend_s += time.perf_counter() - started
         except UpstreamError as exc:  # broke after it started: too late to retry or to change the status
             error = exc
+            exchange.finish_reason = None  # a truncated answer did not finish, whatever litellm said
         except Exception as exc:
             assert exchange.backend is not None
             error = self.gateway.upstream.map_error(exchange.backend, exc)
@@ -104,8 +121,16 @@ class StreamRelay:
     def _take(self, chunk: Chunk) -> bytes | None:
         """Record one chunk; return the bytes to send now (None: held back or not for the client)."""
         body = chunk.body
+        dropped = check_chunk(body)  # raises UpstreamError: the relay ends with an error event
+        if dropped:
+            self.exchange.upstream_dropped += dropped
+            chunk = Chunk(body)  # its raw bytes still carry what was dropped
+        self.size += len(chunk.raw) if chunk.raw is not None else answer_chars(body)
+        if self.size > self.gateway.settings.max_upstream_response_bytes:
+            raise too_large(self.gateway.settings.max_upstream_response_bytes)
         if not self.envelope:
             self.envelope = {k: body.get(k) for k in ("id", "created", "model", "system_fingerprint")}
+            self.exchange.completion_id = body.get("id") if isinstance(body.get("id"), str) else None
         for choice in body.get("choices") or ():
             if choice.get("index", 0) != 0:
                 continue
@@ -147,26 +172,38 @@ class StreamRelay:
         return payload
 
     def _closing_bytes(self) -> list[bytes]:
+        """The held-back closing chunks. Usage goes out as OpenAI sends it, alone in a chunk with
+        `choices: []` (litellm puts an empty choice beside it, which some clients read as a real one), and
+        only to a client that asked for it."""
         out: list[bytes] = []
         usage_sent = False
+        exact = self.exchange.backend is not None and self.exchange.backend.gguf_path is not None
         for chunk in self.closing:
             body = chunk.body
             if not _has_usage(body):
                 out.append(chunk.raw or sse(body))
                 continue
+            choices = [choice for choice in body.get("choices") or () if _carries_something(choice)]
+            envelope = {k: v for k, v in body.items() if k not in ("usage", "choices")}
+            if choices:
+                out.append(sse({**envelope, "choices": choices}))
             if self.include_usage:
-                exact = self.exchange.backend is not None and self.exchange.backend.gguf_path is not None
-                out.append(sse({**body, "usage": self._usage_payload()}) if exact else chunk.raw or sse(body))
+                if chunk.raw is not None and not body.get("choices") and not exact:
+                    out.append(chunk.raw)  # already in OpenAI's shape: the upstream's own bytes
+                else:
+                    usage = self._usage_payload() if exact else body["usage"]
+                    out.append(sse({**envelope, "choices": [], "usage": usage}))
                 usage_sent = True
-                continue
-            # The gateway asked for usage for its log; the client did not: strip it, drop a usage-only chunk.
-            stripped = {k: v for k, v in body.items() if k != "usage"}
-            if any(c.get("finish_reason") for c in stripped.get("choices") or ()):
-                out.append(sse(stripped))
         if self.include_usage and not usage_sent and self._usage_payload() is not None:
             usage_chunk = {**self.envelope, "object": "chat.completion.chunk", "choices": []}
             out.append(sse({**usage_chunk, "usage": self._usage_payload()}))
         return out
+
+
+def _carries_something(choice: dict[str, Any]) -> bool:
+    """Whether a streamed choice says anything: a finish reason, or a delta with some content."""
+    delta = choice.get("delta") or {}
+    return bool(choice.get("finish_reason")) or any(v not in (None, "", []) for v in delta.values())
 
 
 def log_client_gone(gateway: Gateway, exchange: Exchange, pieces: list[str], rest: AsyncIterator) -> None:
@@ -175,7 +212,7 @@ def log_client_gone(gateway: Gateway, exchange: Exchange, pieces: list[str], res
     gone = GatewayError(
         499, "The client closed the connection before the stream ended.", code="client_closed"
     )
-    row = exchange.row(499, gateway.pricer, gone.message, gone.code)
+    row = exchange.row(499, gateway.ledger.columns(exchange.served(499)), gone.message, gone.code)
     gateway.writer.submit(row)
     gateway.metrics.observe(row)
     aclose = getattr(rest, "aclose", None)

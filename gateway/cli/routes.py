@@ -38,7 +38,12 @@ def _db(ctx: click.Context):
 @click.option("--json", "as_json", is_flag=True, help="Print the routes as JSON.")
 @click.pass_context
 def routes(ctx: click.Context, as_json: bool) -> None:
-    """List routes (template -> local model, mode, canary %); `set` and `off` change them."""
+    """List routes (template -> local model, mode, canary %); `set` and `off` change them.
+
+    A route's mode is the operator's decision: a model that passes the gate in `nightly` (or
+    `internalize`) becomes its template's active model, but the route keeps the mode set here (off stays
+    off, shadow stays shadow). Only `routes set` / `routes off` or `models activate` by a person change it.
+    """
     if ctx.invoked_subcommand is not None:
         return
     rows = [route.as_dict() for route in load_routes(_db(ctx)).routes.values()]

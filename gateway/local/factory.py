@@ -7,7 +7,12 @@ from gateway.settings import Settings
 
 
 def make_local_backend(settings: Settings) -> LocalBackend:
-    """The backend the settings name: in-process llama.cpp (`llama_cpp`) or an HTTP server (`remote`)."""
+    """The backend the settings name: supervised llama.cpp servers (`llama_cpp_server`, the default),
+    in-process llama.cpp (`llama_cpp`) or an HTTP server (`remote`)."""
+    if settings.local_backend == "llama_cpp_server":
+        from gateway.local.children import LlamaServerPool
+
+        return LlamaServerPool.from_settings(settings)
     if settings.local_backend == "remote":
         from gateway.local.remote import RemoteLocalBackend
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import os
 import threading
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -30,38 +29,17 @@ from pathlib import Path
 from typing import Any
 
 from gateway.local.backend import (
-    SUPPORTED_PARAMS,
-    LocalBackend,
     LocalDelta,
     LocalError,
     LocalOverloaded,
     LocalResult,
     LocalTimeout,
     Message,
-    unsupported_params,
 )
 from gateway.local.confidence import LogprobRecorder
 from gateway.settings import Settings
 
-__all__ = [
-    "SUPPORTED_PARAMS",
-    "LlamaPool",
-    "LocalBackend",
-    "LocalDelta",
-    "LocalError",
-    "LocalOverloaded",
-    "LocalResult",
-    "LocalTimeout",
-    "sampling_kwargs",
-    "unsupported_params",
-]
-
 PREPARE_GRACE_S = 30.0  # a prepared model is not evicted before it had this long to take traffic
-
-# llama.cpp's OpenMP threads spin while waiting by default: with several models (or other processes)
-# sharing few cores, spinning threads starve the ones doing work (measured here: 16 tokens in 5-30 s
-# instead of 0.5 s). Must be set before llama.cpp's library loads; an explicit setting wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def sampling_kwargs(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -100,10 +78,6 @@ class _Loaded:
     protected_until: float = 0.0
     retiring: bool = False
     closed: bool = field(default=False)
-
-
-class _Cancelled(Exception):
-    pass
 
 
 class LlamaPool:

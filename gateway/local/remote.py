@@ -171,6 +171,8 @@ class RemoteLocalBackend:
         body = {
             name: value for name, value in params.items() if name in SUPPORTED_PARAMS and value is not None
         }
+        if "max_completion_tokens" in body:  # llama.cpp servers read only the older name
+            body.setdefault("max_tokens", body.pop("max_completion_tokens"))
         body |= {"model": model_id, "messages": list(messages), "stream": stream}
         if stream:
             body["stream_options"] = {"include_usage": True}

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.accounting.pricing import Usage
+from gateway.templates.request_shape import message_text
 
 
 class LocalTokenCounter:
@@ -46,7 +47,7 @@ class LocalTokenCounter:
                     rendered.prompt.encode(), add_bos=not rendered.added_special, special=True
                 )
             else:  # no template in the GGUF: the plain text of the messages (an estimate)
-                text = "\n".join(str(m.get("content") or "") for m in messages)
+                text = "\n".join(message_text(m) for m in messages)
                 prompt_ids = llama.tokenize(text.encode(), add_bos=True, special=False)
             completion_ids = (
                 llama.tokenize(completion.encode(), add_bos=False, special=True) if completion else []

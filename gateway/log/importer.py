@@ -27,6 +27,8 @@ from typing import Any
 import sqlite_utils
 
 from gateway.accounting import savings
+from gateway.log.storable import is_count
+from gateway.templates.request_shape import message_text
 
 IMPORT_ID_PREFIX = "imp-"
 MESSAGE_CONTENT_HINT = "a string, a list of content parts, or null"
@@ -70,6 +72,8 @@ def parse_line(text: str, line: int) -> ParsedRecord:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ImportFileError(line, f"malformed JSON ({exc.msg} at column {exc.colno})") from None
+    except (ValueError, RecursionError) as exc:  # an integer of over 4300 digits; nesting past the limit
+        raise ImportFileError(line, f"unreadable JSON ({str(exc).splitlines()[0][:80]})") from None
     if not isinstance(obj, dict):
         raise ImportFileError(line, f"expected a JSON object, got {_type_name(obj)}")
     if "request" in obj or "response" in obj:
@@ -153,17 +157,21 @@ def _check_usage(usage: Any, line: int) -> None:
         raise ImportFileError(line, f'"response.usage" must be an object, got {_type_name(usage)}')
     for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
         value = usage.get(key)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-            raise ImportFileError(line, f'"response.usage.{key}" must be a non-negative integer')
+        if value is not None and not is_count(value):
+            raise ImportFileError(line, f'"response.usage.{key}" must be an integer from 0 to 2**53')
+    details = usage.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    if cached is not None and not is_count(cached):
+        raise ImportFileError(
+            line, '"response.usage.prompt_tokens_details.cached_tokens" must be an integer from 0 to 2**53'
+        )
 
 
 def _answer_text(message: dict[str, Any], line: int, where: str) -> str:
     """The assistant's text; a tool-calling answer is kept as the JSON of its tool calls."""
     content = message.get("content")
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
+    if isinstance(content, str | list):
+        return message_text(message)
     if content is None:
         return json.dumps(message["tool_calls"]) if message.get("tool_calls") else ""
     raise ImportFileError(
@@ -178,11 +186,12 @@ def _parse_timestamp(value: Any, line: int) -> str | None:
     if isinstance(value, bool):
         raise ImportFileError(line, '"timestamp" must be an ISO 8601 string or a Unix time')
     if isinstance(value, int | float):
-        seconds = value / 1000 if value > 1e11 else value
         try:
+            seconds = value / 1000 if value > 1e11 else value
             return datetime.fromtimestamp(seconds, UTC).isoformat()
         except (OverflowError, OSError, ValueError):
-            raise ImportFileError(line, f'"timestamp" {value} is out of range') from None
+            shown = str(value) if len(str(value)) <= 24 else str(value)[:20] + "..."
+            raise ImportFileError(line, f'"timestamp" {shown} is out of range') from None
     if isinstance(value, str):
         try:
             parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
@@ -255,6 +264,7 @@ def to_row(
     params = {key: value for key, value in request.items() if key not in ("model", "messages")}
     return {
         "request_id": IMPORT_ID_PREFIX + digest[:32],
+        "completion_id": record.response_id,
         "startTime": record.timestamp or imported_at,
         "endTime": record.timestamp or imported_at,
         "model": model,

@@ -147,7 +147,20 @@ def m005_requests_token_source(db: sqlite_utils.Database) -> None:
 
 
 @migration
-def m006_selective_routing(db: sqlite_utils.Database) -> None:
+def m006_requests_completion_id(db: sqlite_utils.Database) -> None:
+    # The `chatcmpl-...` id the client received, so a request a client reports can be found in the log.
+    db["requests"].add_column("completion_id", str)
+    db["requests"].create_index(["completion_id"])
+
+
+@migration
+def m007_requests_sanitized(db: sqlite_utils.Database) -> None:
+    # What the gateway had to change to store a row (gateway/log/storable.py); NULL = stored as it came.
+    db["requests"].add_column("sanitized", str)
+
+
+@migration
+def m008_selective_routing(db: sqlite_utils.Database) -> None:
     # A model's calibration (JSON: confidence signal, metric, target, coverage/agreement curve, threshold).
     db["models"].add_column("calibration", str)
     # The confidence threshold a route applies now (NULL = none: every answer served) and why it last
@@ -158,14 +171,14 @@ def m006_selective_routing(db: sqlite_utils.Database) -> None:
     db["requests"].add_column("local_confidence", float)
 
 
-def open_db(path: str | Path) -> sqlite_utils.Database:
+def open_db(path: str | Path, busy_timeout_ms: int = 10000) -> sqlite_utils.Database:
     """Open (creating if needed) a log database in WAL mode with every migration applied."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     db = sqlite_utils.Database(path)
     db.conn.execute("PRAGMA journal_mode=WAL")
     db.conn.execute("PRAGMA synchronous=NORMAL")  # durable across process kills in WAL mode
-    db.conn.execute("PRAGMA busy_timeout=10000")
+    db.conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
     migrate(db)
     return db
 

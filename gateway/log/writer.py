@@ -4,6 +4,13 @@ Request handlers call `await writer.write(row)`; the row is queued, the thread t
 `batch_max` rows) and inserts it in ONE transaction, then resolves each caller's future. So a response is
 sent only after its row is durable, and N concurrent requests cost one commit, not N. A row is inserted whole
 inside a transaction or not at all: never half-written.
+
+The writer must outlive anything a request carries, because every later request waits on it:
+- a row is made storable before it is queued (gateway/log/storable.py), so odd values cannot fail it;
+- any exception fails the rows of that batch, never the thread; the thread is restarted if it ever ends;
+- a locked database (another process writing) is retried with backoff: the rows stay queued, in order,
+  while their callers stop waiting after `write`'s timeout (the client then gets a 503);
+- `stop` gives up after its timeout, so shutting down never hangs on a locked database.
 """
 
 from __future__ import annotations
@@ -15,10 +22,12 @@ import logging
 import queue
 import sqlite3
 import threading
+import time
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
+from gateway.log.storable import storable_row, storable_value
 from gateway.log.store import open_db
 
 log = logging.getLogger("promptintern.gateway")
@@ -52,23 +61,31 @@ GATEWAY_COLUMNS = (
     "content_hash",
     "template_id",
     "local_compute_s",
-    # Added for routing (issue 5): the counterfactual accounting of a templated request.
+    # The counterfactual accounting of a templated request (gateway/accounting/ledger.py).
     "counterfactual_prompt_tokens",
     "counterfactual_completion_tokens",
     "counterfactual_spend",
     "counterfactual_cached_spend",
+    "completion_id",
     # Selective routing: the local answer's confidence.
     "local_confidence",
 )
-# Columns a later update may set (a shadow run's answer) or add to (its compute and cost).
+# Columns a later update may set (a shadow run's answer; the status a client got when the commit was late)
+# or add to (a shadow run's compute and cost).
 UPDATABLE_COLUMNS = frozenset(
-    {"shadow_response", "shadow_agreement", "local_compute_s", "spend", "local_confidence"}
+    {"shadow_response", "shadow_agreement", "local_compute_s", "spend", "status", "error", "local_confidence"}
 )
+STORED_COLUMNS = (*GATEWAY_COLUMNS, "sanitized")
 _INSERT = (
-    f"INSERT INTO requests ({', '.join(f'[{c}]' for c in GATEWAY_COLUMNS)}) "
-    f"VALUES ({', '.join('?' for _ in GATEWAY_COLUMNS)})"
+    f"INSERT INTO requests ({', '.join(f'[{c}]' for c in STORED_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in STORED_COLUMNS)})"
 )
 _STOP = object()
+MAX_UPDATE_BYTES = 4 * 1024 * 1024
+
+
+class LogTimeout(TimeoutError):
+    """The row was not committed in time; it stays queued and is written when the database allows."""
 
 
 class _Update:
@@ -81,48 +98,112 @@ class _Update:
         assignments = [f"[{name}] = ?" for name in set_columns]
         assignments += [f"[{name}] = coalesce([{name}], 0) + ?" for name in add_columns]
         self.sql = f"UPDATE requests SET {', '.join(assignments)} WHERE request_id = ?"
-        self.params = [*set_columns.values(), *add_columns.values(), request_id]
+        self.params = [
+            *(storable_value(name, value, MAX_UPDATE_BYTES)[0] for name, value in set_columns.items()),
+            *(storable_value("spend", value, MAX_UPDATE_BYTES)[0] for value in add_columns.values()),
+            request_id,
+        ]
 
 
-def content_hash(messages: Any, params: dict[str, Any], response_text: str | None) -> str:
-    """sha256 of the request (messages + params) and the response text, in a canonical JSON form."""
-    canonical = json.dumps(
+def content_hash(
+    messages: Any, params: dict[str, Any], response_text: str | None, *, yielding: bool = False
+) -> str:
+    """sha256 of the request (messages + params) and the response text, in a canonical JSON form.
+
+    `yielding`: encode in Python (same text), so a worker thread hashing a huge request lets the event
+    loop run in between; json's C encoder would hold the GIL for the whole call.
+    """
+    canonical = json_text(
         {"messages": messages, "params": params, "response": response_text or ""},
+        yielding=yielding,
         sort_keys=True,
         separators=(",", ":"),
-        ensure_ascii=False,
     )
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    # surrogatepass: a lone surrogate a client sent must not make hashing its request fail.
+    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def json_text(value: Any, *, yielding: bool = False, **options: Any) -> str:
+    """json.dumps(value, ensure_ascii=False, **options); with `yielding`, by the pure-Python encoder."""
+    if not yielding:
+        return json.dumps(value, ensure_ascii=False, **options)
+    return "".join(json.JSONEncoder(ensure_ascii=False, **options).iterencode(value))
 
 
 class LogWriter:
-    def __init__(self, db_path: Path, batch_max: int = 256) -> None:
+    def __init__(
+        self,
+        db_path: Path,
+        batch_max: int = 256,
+        *,
+        busy_timeout_ms: int = 2000,
+        max_field_bytes: int = 4 * 1024 * 1024,
+        max_pending: int = 100_000,
+        secrets: list[str] | None = None,
+    ) -> None:
         self.db_path = db_path
         self.batch_max = max(1, batch_max)
+        self.busy_timeout_ms = busy_timeout_ms
+        self.max_field_bytes = max_field_bytes
+        self.max_pending = max_pending  # rows held for a locked database before the oldest are given up
+        self.secrets = [s for s in (secrets or []) if s and len(s) >= 4]
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="promptintern-log-writer", daemon=True)
-        self._ready = threading.Event()
-        self._startup_error: BaseException | None = None
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._stop_deadline = float("inf")
         self.batches = 0  # commits so far (a test and the benchmark read it to see grouping)
         self.rows = 0
+        self.restarts = 0
+        self.pending = 0  # rows waiting for a database that refused them (locked), retried in order
+        self.pending_since: float | None = None
+        self.last_error: str | None = None
+        self.last_commit_at: float | None = None
 
     def start(self) -> None:
-        """Open the database (migrating it) in the writer thread; raise here if that fails."""
-        self._thread.start()
-        self._ready.wait()
-        if self._startup_error is not None:
-            raise self._startup_error
+        """Open the database (migrating it) in this thread, raising if that fails; then start the writer."""
+        open_db(self.db_path).conn.close()
+        self._ensure_running()
 
-    def stop(self) -> None:
-        """Commit whatever is queued, then end the thread."""
-        if self._thread.is_alive():
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Commit whatever is queued, then end the thread; give up after `timeout_s` (a locked database)."""
+        self._stopping = True
+        self._stop_deadline = time.monotonic() + timeout_s
+        thread = self._thread
+        if thread is not None and thread.is_alive():
             self._queue.put(_STOP)
-            self._thread.join(timeout=30)
+            thread.join(timeout=timeout_s + 1)
+            if thread.is_alive():
+                log.error("request log writer did not finish in %.0f s; %d rows unwritten", timeout_s,
+                          self.pending + self._queue.qsize())  # fmt: skip
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _ensure_running(self) -> None:
+        """The supervisor: (re)start the thread if it is not running (it never should end on its own)."""
+        if self.alive or self._stopping:
+            return
+        with self._lock:
+            if self.alive:
+                return
+            if self._thread is not None:
+                self.restarts += 1
+                log.error("request log writer thread had stopped (%s); restarting it", self.last_error)
+            self._thread = threading.Thread(target=self._run, name="promptintern-log-writer", daemon=True)
+            self._thread.start()
 
     def submit(self, row: dict[str, Any]) -> Future[None]:
         """Queue a row; the returned future resolves once it is committed (or fails with the DB error)."""
         future: Future[None] = Future()
-        self._queue.put((tuple(row.get(column) for column in GATEWAY_COLUMNS), future))
+        try:
+            stored = storable_row(row, GATEWAY_COLUMNS, self.max_field_bytes, self.secrets)
+        except Exception as exc:  # storable_row copes with any value; this is a last resort
+            future.set_exception(exc)
+            return future
+        self._queue.put((tuple(stored[column] for column in STORED_COLUMNS), future))
+        self._ensure_running()
         return future
 
     def submit_update(
@@ -131,36 +212,127 @@ class LogWriter:
         """Queue an update of an already submitted row (set some columns, add to others)."""
         future: Future[None] = Future()
         self._queue.put((_Update(request_id, set_columns, add_columns or {}), future))
+        self._ensure_running()
         return future
 
-    async def write(self, row: dict[str, Any]) -> None:
-        """Queue a row and wait until it is committed."""
-        await asyncio.wrap_future(self.submit(row))
+    async def write(self, row: dict[str, Any], timeout_s: float | None = None) -> None:
+        """Queue a row and wait until it is committed; LogTimeout after `timeout_s` (the row stays queued)."""
+        future = asyncio.wrap_future(self.submit(row))
+        try:
+            await asyncio.wait_for(asyncio.shield(future), timeout_s)
+        except TimeoutError:
+            raise LogTimeout(f"request log commit took over {timeout_s:g} s") from None
+
+    def health(self, probe_timeout_s: float = 0.25, commit_timeout_s: float = 10.0) -> dict[str, Any]:
+        """The writer's and the database's state; `writable` False when rows cannot be committed now."""
+        self._ensure_running()
+        database = "ok"
+        try:  # can the write lock be taken right now? (another process may hold it)
+            conn = sqlite3.connect(self.db_path, timeout=probe_timeout_s, isolation_level=None)
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute("ROLLBACK")
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:
+            database = f"error: {exc}"
+        stuck_s = time.monotonic() - self.pending_since if self.pending_since is not None else 0.0
+        writable = self.alive and database == "ok" and stuck_s < commit_timeout_s
+        return {
+            "writable": writable,
+            "writer_alive": self.alive,
+            "writer_restarts": self.restarts,
+            "database": database,
+            "queued": self._queue.qsize(),
+            "pending_retry": self.pending,
+            "last_error": self.last_error,
+            "rows": self.rows,
+        }
 
     # ---- the writer thread ---------------------------------------------------------------------------
     def _run(self) -> None:
+        pending: list[tuple[Any, Future[None]]] = []  # refused by a locked database: retried first
+        conn: sqlite3.Connection | None = None
+        backoff = 0.05
+        batch: list[tuple[Any, Future[None]]] = []
+        stopping = False  # the stop marker was read: everything queued before it is in hand
         try:
-            db = open_db(self.db_path)
-            conn = db.conn
-        except BaseException as exc:  # reported to start()'s caller
-            self._startup_error = exc
-            self._ready.set()
-            return
-        self._ready.set()
-        stopping = False
-        while not stopping:
-            batch = [self._queue.get()]
-            while len(batch) < self.batch_max:
+            while not (stopping and (not pending or time.monotonic() > self._stop_deadline)):
+                batch = []
                 try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
+                    batch, stop_seen = self._next_batch(pending, backoff)
+                    stopping |= stop_seen
+                    if batch:
+                        if conn is None:
+                            conn = open_db(self.db_path, self.busy_timeout_ms).conn
+                        pending = self._commit_or_keep(conn, batch)
+                        backoff = min(backoff * 2, 1.0) if pending else 0.05
+                    self._note_pending(pending)
+                except Exception as exc:  # a bug or an odd failure: these rows learn it, the thread goes on
+                    self.last_error = f"{type(exc).__name__}: {exc}"
+                    log.error("request log writer: %s", self.last_error)
+                    for _, future in batch:
+                        _resolve(future, exc)
+                    pending = []
+                    self._note_pending(pending)
+                    if conn is not None:
+                        conn.close()
+                        conn = None
+        except BaseException as exc:  # the thread itself is ending: the supervisor starts a new one
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            for _, future in batch:
+                _resolve(future, exc)
+            raise
+        finally:
+            for _, future in pending:  # given up at stop: their callers have long stopped waiting
+                _resolve(future, RuntimeError("the request log writer stopped before this row was written"))
+            if conn is not None:
+                conn.close()
+
+    def _next_batch(self, pending: list, backoff: float) -> tuple[list, bool]:
+        """Rows to commit now: the pending ones (after a backoff) plus whatever is queued."""
+        batch = list(pending)
+        stop_seen = False
+        try:
+            item = self._queue.get(timeout=backoff) if pending else self._queue.get()
+            while True:
+                if item is _STOP:
+                    stop_seen = True
+                else:
+                    batch.append(item)
+                if len(batch) >= self.batch_max + len(pending):
                     break
-            if any(item is _STOP for item in batch):
-                stopping = True
-                batch = [item for item in batch if item is not _STOP]
-            if batch:
-                self._commit(conn, batch)
-        conn.close()
+                item = self._queue.get_nowait()
+        except queue.Empty:
+            pass
+        return batch, stop_seen
+
+    def _note_pending(self, pending: list) -> None:
+        if pending and self.pending_since is None:
+            self.pending_since = time.monotonic()
+        elif not pending:
+            self.pending_since = None
+        if len(pending) > self.max_pending:  # a database locked for good: do not hold rows forever
+            dropped, pending[:] = pending[: -self.max_pending], pending[-self.max_pending :]
+            log.error("request log: %d rows given up (database refused them for too long)", len(dropped))
+            for _, future in dropped:
+                _resolve(future, sqlite3.OperationalError(self.last_error or "database locked"))
+        self.pending = len(pending)
+
+    def _commit_or_keep(self, conn: sqlite3.Connection, batch: list) -> list:
+        """Commit the batch; return the items to retry (the database was locked), failing only bad rows."""
+        try:
+            self._commit(conn, batch)
+            return []
+        except sqlite3.OperationalError as exc:  # locked/busy, disk full, read-only...: keep them, in order
+            self.last_error = f"OperationalError: {exc}"
+            log.warning("request log commit failed (%s); %d rows kept for retry", exc, len(batch))
+            return batch
+        except Exception as exc:
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            for _, future in batch:
+                _resolve(future, exc)
+            return []
 
     def _commit(self, conn: sqlite3.Connection, batch: list[tuple[tuple | _Update, Future[None]]]) -> None:
         inserts = [values for values, _ in batch if not isinstance(values, _Update)]
@@ -170,7 +342,9 @@ class LogWriter:
                 conn.executemany(_INSERT, inserts)
                 for update in updates:
                     conn.execute(update.sql, update.params)
-        except sqlite3.Error:
+        except sqlite3.OperationalError:
+            raise  # the database, not a row: keep the batch
+        except Exception:
             # One bad row must not sink its neighbours: retry row by row, failing only the bad ones.
             for values, future in sorted(batch, key=lambda item: isinstance(item[0], _Update)):
                 try:
@@ -181,19 +355,26 @@ class LogWriter:
                             conn.execute(_INSERT, values)
                             self.rows += 1
                     _resolve(future, None)
-                except sqlite3.Error as exc:
+                except sqlite3.OperationalError:
+                    raise
+                except Exception as exc:
                     log.error("request log insert failed: %s", exc)
                     _resolve(future, exc)
-            self.batches += 1
+            self._committed()
             return
-        self.batches += 1
         self.rows += len(inserts)
+        self._committed()
         for _, future in batch:
             _resolve(future, None)
 
+    def _committed(self) -> None:
+        self.batches += 1
+        self.last_commit_at = time.monotonic()
+        self.last_error = None
+
 
 def _resolve(future: Future[None], error: BaseException | None) -> None:
-    if future.cancelled():
+    if future.done():
         return
     if error is None:
         future.set_result(None)

@@ -117,14 +117,19 @@ def routes_changed(db: sqlite_utils.Database, snapshot: RoutesSnapshot) -> bool:
     return routes_fingerprint(db) != snapshot.fingerprint
 
 
+def like_prefix(prefix: str) -> str:
+    """A LIKE pattern (with `escape '\\'`) matching what starts with `prefix`: `%` and `_` taken literally."""
+    return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
 def resolve_template_id(db: sqlite_utils.Database, prefix: str) -> str:
     """A full template id from an exact id or a unique prefix (as git does with commits)."""
-    ids = {
-        row[0]
-        for row in db.execute("select template_id from routes where template_id like ? || '%'", [prefix])
-    }
+    pattern = like_prefix(prefix)
+    by_route = "select template_id from routes where template_id like ? escape '\\'"
+    ids = {row[0] for row in db.execute(by_route, [pattern])}
     if "templates" in db.table_names():
-        ids |= {row[0] for row in db.execute("select id from templates where id like ? || '%'", [prefix])}
+        by_template = "select id from templates where id like ? escape '\\'"
+        ids |= {row[0] for row in db.execute(by_template, [pattern])}
     if prefix in ids:
         return prefix
     if len(ids) == 1:

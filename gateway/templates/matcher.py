@@ -36,7 +36,19 @@ class Slot:
 
 @dataclass(frozen=True)
 class Examples:
-    sep: str = "\n\n"  # the whitespace between two inline example blocks
+    """A run of one or more inline example blocks from the template's pool.
+
+    `sep` is the text between two blocks. When the blocks are numbered (`Example 2:`), `number` is the number
+    written between the first and the second block: the separator before block j (0-based, j >= 1) is then
+    `sep + str(number + j - 1) + sep_after`.
+    """
+
+    sep: str = "\n\n"
+    number: int | None = None
+    sep_after: str = ""
+
+    def separator(self, j: int) -> str:
+        return self.sep if self.number is None else f"{self.sep}{self.number + j - 1}{self.sep_after}"
 
 
 Part = str | Slot | Examples
@@ -113,7 +125,9 @@ class Template:
                 elif isinstance(part, Slot):
                     text.append(slots.get(part.name, ""))
                 else:
-                    text.append(part.sep.join(examples))  # type: ignore[arg-type]
+                    text.append(
+                        "".join((part.separator(j) if j else "") + block for j, block in enumerate(examples))  # type: ignore[operator]
+                    )
             out.append({"role": spec.role, "content": "".join(text)})
         return out
 
@@ -174,9 +188,10 @@ class Template:
         while True:
             start = i
             if count:
-                if not text.startswith(part.sep, i):
+                sep = part.separator(count)
+                if not text.startswith(sep, i):
                     break
-                start += len(part.sep)
+                start += len(sep)
             eol = text.find("\n", start)
             first_line = text[start : eol if eol >= 0 else len(text)]
             hit = next(
@@ -203,7 +218,10 @@ def _spec_json(spec: MessageSpec) -> dict[str, Any]:
         if isinstance(part, str):
             parts.append({"static": part})
         elif isinstance(part, Examples):
-            parts.append({"examples": {"sep": part.sep}})
+            examples: dict[str, Any] = {"sep": part.sep}
+            if part.number is not None:
+                examples.update(number=part.number, sep_after=part.sep_after)
+            parts.append({"examples": examples})
         else:
             parts.append({"slot": part.name, "multiline": part.multiline, "forbid": list(part.forbid)})
     return {"role": spec.role, "parts": parts}
@@ -220,7 +238,15 @@ def specs_from_structure(structure: Mapping[str, Any]) -> list[MessageSpec]:
             if "static" in part:
                 parts.append(part["static"])
             elif "examples" in part:
-                parts.append(Examples(part["examples"].get("sep", "\n\n")))
+                found = part["examples"]
+                number = found.get("number")
+                parts.append(
+                    Examples(
+                        found.get("sep", "\n\n"),
+                        None if number is None else int(number),
+                        found.get("sep_after", ""),
+                    )
+                )
             else:
                 parts.append(
                     Slot(part["slot"], bool(part.get("multiline", True)), tuple(part.get("forbid", ())))

@@ -17,6 +17,16 @@ UNMATCHABLE_FIELDS = ("tools", "functions", "tool_choice", "function_call")
 Message = tuple[str, str]  # (role, text)
 
 
+def message_text(message: Mapping[str, Any]) -> str:
+    """The text of a message: its string content, or its text parts joined (other parts skipped)."""
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
+    return ""
+
+
 def content_text(content: Any) -> str | None:
     """The text of a message's content, or None when it holds anything but text (images, audio...)."""
     if isinstance(content, str):

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import aiohttp.http_exceptions
 
 from gateway.settings import Settings, UpstreamModel
 from gateway.upstream.errors import (
@@ -25,9 +26,12 @@ from gateway.upstream.errors import (
     UpstreamError,
     error_detail,
     error_for_status,
+    internal_error,
+    retry_after_seconds,
     timed_out,
     unreachable,
 )
+from gateway.upstream.validate import bad_reply, too_large, truncated_stream
 
 
 def served_model_name(model: UpstreamModel) -> str:
@@ -39,6 +43,7 @@ class DirectTransport:
     def __init__(self, settings: Settings, secrets: list[str]) -> None:
         self.timeout_s = settings.upstream_timeout_s
         self.secrets = secrets
+        self.max_bytes = settings.max_upstream_response_bytes
         self._session: aiohttp.ClientSession | None = None
         # A whole JSON answer must arrive within the timeout; a stream may last longer, but no gap in it may.
         self._json_timeout = aiohttp.ClientTimeout(total=self.timeout_s)
@@ -72,20 +77,32 @@ class DirectTransport:
             async with self.session.post(
                 url, data=payload, headers=headers, timeout=self._json_timeout
             ) as resp:
-                status, content = resp.status, await resp.read()
+                status, content = resp.status, await self._read_capped(resp)
+                if status >= 400:
+                    raise self._status_error(resp, content)
         except Exception as exc:
             raise self.map_error(exc) from None
         finally:
             timing.backend_s += time.perf_counter() - started
-        if status >= 400:
-            raise error_for_status(status, error_detail(content), self.secrets)
         try:
             parsed = json.loads(content)
-        except ValueError:
-            raise _bad_response("a response that is not JSON") from None
+        except (ValueError, RecursionError):
+            raise bad_reply("a response that is not JSON") from None
         if not isinstance(parsed, dict):
-            raise _bad_response("a response that is not a JSON object")
+            raise bad_reply("a response that is not a JSON object")
         return Reply(parsed, content)
+
+    async def _read_capped(self, resp: aiohttp.ClientResponse) -> bytes:
+        """The body, refusing more than `max_bytes` (a 50 MB answer must not become a 50 MB row)."""
+        if resp.content_length is not None and resp.content_length > self.max_bytes:
+            raise too_large(self.max_bytes)
+        parts, size = [], 0
+        async for part in resp.content.iter_chunked(2**16):
+            size += len(part)
+            if size > self.max_bytes:
+                raise too_large(self.max_bytes)
+            parts.append(part)
+        return b"".join(parts)
 
     async def stream(self, model: UpstreamModel, body: dict[str, Any]) -> AsyncIterator[Chunk]:
         url, payload, headers = self._prepare(model, body)
@@ -94,8 +111,12 @@ class DirectTransport:
                 url, data=payload, headers=headers, timeout=self._stream_timeout
             ) as resp:
                 if resp.status >= 400:
-                    raise error_for_status(resp.status, error_detail(await resp.read()), self.secrets)
-                async for line in resp.content:
+                    raise self._status_error(resp, await self._read_capped(resp))
+                size, finished = 0, False
+                async for line in _lines(resp):
+                    size += len(line)
+                    if size > self.max_bytes:
+                        raise too_large(self.max_bytes)
                     if not line.startswith(b"data:"):
                         continue  # blank separators, comments, `event:` lines
                     data = line[5:].strip()
@@ -103,13 +124,23 @@ class DirectTransport:
                         return
                     try:
                         parsed = json.loads(data)
-                    except ValueError:
-                        raise _bad_response("a stream chunk that is not JSON") from None
+                    except (ValueError, RecursionError):
+                        raise bad_reply("a stream chunk that is not JSON") from None
+                    if not isinstance(parsed, dict):
+                        raise bad_reply("a stream chunk that is not a JSON object")
+                    finished = finished or _has_finish(parsed)
                     yield Chunk(parsed, b"data: " + data + b"\n\n")
+                if not finished:  # the connection closed with neither a finish_reason nor [DONE]
+                    raise truncated_stream()
         except UpstreamError:
             raise
         except Exception as exc:
             raise self.map_error(exc) from None
+
+    def _status_error(self, resp: aiohttp.ClientResponse, content: bytes) -> UpstreamError:
+        return error_for_status(
+            resp.status, error_detail(content), self.secrets, retry_after_seconds(resp.headers)
+        )
 
     def map_error(self, exc: BaseException) -> UpstreamError:
         if isinstance(exc, UpstreamError):
@@ -125,10 +156,21 @@ class DirectTransport:
                 code="upstream_error",
                 retryable=True,
             )
-        return UpstreamError(
-            502, f"Upstream call failed: {type(exc).__name__}.", code="upstream_error", retryable=False
-        )
+        return internal_error(exc)  # raised here, not by the upstream
 
 
-def _bad_response(what: str) -> UpstreamError:
-    return UpstreamError(502, f"Upstream sent {what}.", code="upstream_bad_response", retryable=False)
+async def _lines(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    """The stream's lines; one longer than aiohttp's line buffer (2 x read_bufsize) is a too-large event."""
+    try:
+        async for line in resp.content:
+            yield line
+    except (ValueError, aiohttp.http_exceptions.LineTooLong):  # "Chunk too big" / "Got more than N bytes"
+        raise UpstreamError(
+            502, "Upstream sent a stream event larger than the gateway reads (2 MiB).",
+            code="upstream_too_large", retryable=False,
+        ) from None  # fmt: skip
+
+
+def _has_finish(chunk: dict[str, Any]) -> bool:
+    choices = chunk.get("choices")
+    return isinstance(choices, list) and any(isinstance(c, dict) and c.get("finish_reason") for c in choices)

@@ -1,8 +1,9 @@
 """The embedded default upstream: a llama.cpp server on SmolLM2-135M-Instruct, run and watched by the gateway.
 
 Used when no upstream model is configured, so the gateway works with no API key and no network. It is an
-ordinary OpenAI-compatible server (`python -m llama_cpp.server`) on a free loopback port, registered as the
-model `openai/<alias>` and reached through litellm like any remote provider. The supervisor waits until it
+ordinary OpenAI-compatible server (llama-cpp-python's, started through `llama_server.py` so that a bad
+request is a 400) on a free loopback port, registered as the model `openai/<alias>` and reached through
+litellm like any remote provider. The supervisor waits until it
 answers, restarts it if it dies, and stops it with the gateway.
 """
 
@@ -61,13 +62,15 @@ class EmbeddedServer:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def upstream_model(self) -> UpstreamModel:
-        # llama.cpp ignores the key, but litellm's OpenAI client insists on having one.
+        # llama.cpp's server speaks OpenAI's protocol: the lean pass-through, not litellm's translation
+        # (measured +1.9 ms p50 against +7.7 ms). It ignores the key.
         return UpstreamModel(
             name=self.alias,
             litellm_model=f"openai/{self.alias}",
             api_base=self.api_base,
             api_key=SecretStr("no-key"),
             local=True,
+            transport="direct",
             gguf_path=self.model_path,  # llama.cpp streams carry no usage: the gateway counts them
         )
 
@@ -78,7 +81,7 @@ class EmbeddedServer:
     def command(self) -> list[str]:
         s = self.settings
         return [
-            sys.executable, "-m", "llama_cpp.server",
+            sys.executable, "-m", "gateway.upstream.llama_server",  # llama_cpp.server, bad requests 400
             "--model", str(self.model_path),
             "--model_alias", self.alias,
             "--host", "127.0.0.1",

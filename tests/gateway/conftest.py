@@ -86,6 +86,11 @@ def fake_models(upstream_url: str) -> list[UpstreamModel]:
         "broken-stream": "midstream-error",
         "leaky": "leak-key",
         "dripping": "drip-100",
+        "rejects": "error-422",
+        "gone": "error-404",
+        "patient": "ratelimit-0.3",
+        "impatient": "ratelimit-60",
+        "pathy": "leak-path",
     }
     models = []
     for name, upstream_name in behaviours.items():

@@ -131,3 +131,37 @@ def seed(db_path: Path) -> sqlite_utils.Database:
             for r in day1_nl2bash
         )
     return db
+
+
+# For the dashboard: NL2Bash served locally (an active route, 90% canary) by a model with a gate score and
+# one shadowed answer; the sql template's model a candidate; a mined template with no traffic and a name
+# long enough to break a careless layout.
+LONG_TEMPLATE = "tpl_" + "f" * 60
+LONG_NAME = "SummarizeTheFollowingCustomerSupportConversation" * 5  # no space or hyphen to break at
+
+
+def seed_dashboard(db_path: Path) -> sqlite_utils.Database:
+    db = seed(db_path)
+    with db.conn:
+        db["models"].update(
+            "nl2bash-v1",
+            {
+                "config": json.dumps({"gate_metric": "chrf"}),
+                "eval_scores": json.dumps({"internalized": {"chrf": 0.912, "n": 40.0}}),
+            },
+        )
+        db["models"].update(
+            "sql-v1",
+            {
+                "config": json.dumps({"gate_metric": "exact_match"}),
+                "eval_scores": json.dumps({"internalized": {"exact_match": 0.41, "n": 12.0}}),
+            },
+        )
+        db["routes"].insert(
+            {"template_id": NL2BASH, "model_id": "nl2bash-v1", "mode": "active", "canary_percent": 90.0,
+             "updated_at": f"{DAY2}T09:00:00+00:00"}
+        )  # fmt: skip
+        db.execute("update requests set shadow_agreement = 0.8 where route = 'shadow'")
+        db.execute("update requests set response = 'ls -la /tmp' where status = 200")
+        db["templates"].insert({"id": LONG_TEMPLATE, "name": LONG_NAME, "n_requests": 0})
+    return db

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import subprocess
 import sys
 import time
@@ -11,12 +13,14 @@ import httpx
 import openai
 import pytest
 
-from gateway.api.auth import Authenticator, key_id
+from gateway.api.auth import Authenticator, install_secret, key_id
 from gateway.api.errors import GatewayError
 from gateway.settings import Settings
 from tests.gateway.conftest import fake_models, start_gateway
+from tests.support import chromium
 
 KEYS = ["gw-key-alpha-123456", "gw-key-beta-654321"]
+METRICS_KEY = "scraper-key-777777"
 MESSAGES = [{"role": "user", "content": "hello"}]
 
 
@@ -26,6 +30,7 @@ def secured(fake_upstream, tmp_path_factory):
         home=tmp_path_factory.mktemp("auth-home"),
         models=fake_models(fake_upstream.url),
         api_keys=",".join(KEYS),
+        metrics_api_keys=METRICS_KEY,
     )
     running = start_gateway(settings)
     yield running
@@ -39,8 +44,13 @@ def test_each_configured_key_works_and_only_its_hash_is_logged(secured, key):
     )
     assert raw.parse().choices[0].message.content == "echo: hello"
     row = secured.row(raw.headers["x-request-id"])
-    assert row["api_key_id"] == key_id(key) and row["api_key_id"].startswith("key-")
+    secret = install_secret(secured.settings.home)
+    assert row["api_key_id"] == key_id(key, secret) and row["api_key_id"].startswith("key-")
     assert key not in json.dumps(row)
+    # A plain hash of the key (what a guesser would try) is not its id.
+    assert row["api_key_id"] != "key-" + hashlib.sha256(key.encode()).hexdigest()[:16]
+    secret_file = secured.settings.home / "install-secret"
+    assert secret_file.stat().st_mode & 0o777 == 0o600
 
 
 @pytest.mark.parametrize("bad_key", ["wrong-key", KEYS[0] + "x", KEYS[0][:-1], "GW-KEY-ALPHA-123456"])
@@ -66,6 +76,52 @@ def test_models_listing_needs_a_key_but_health_does_not(secured):
     assert httpx.get(f"{secured.url}/models").status_code == 401
     assert secured.client(api_key=KEYS[1]).models.list().data
     assert httpx.get(f"{secured.root}/health").status_code == 200
+
+
+def test_health_without_a_key_is_a_liveness_answer_that_reveals_nothing(secured):
+    assert httpx.get(f"{secured.root}/health").json() == {"status": "ok"}
+    assert httpx.get(f"{secured.root}/health", headers=bearer("wrong-key")).status_code == 401
+    details = httpx.get(f"{secured.root}/health", headers=bearer(KEYS[0])).json()
+    assert details["log"]["path"] == str(secured.settings.db_path) and "echo" in details["models"]
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {key}"}
+
+
+@pytest.mark.parametrize("path", ["/dashboard", "/dashboard/report.json", "/metrics"])
+def test_dashboard_report_and_metrics_need_a_key(secured, path):
+    url = secured.root + path
+    refused = httpx.get(url, timeout=60)
+    assert refused.status_code == 401 and "template" not in refused.text
+    assert httpx.get(url, headers=bearer("wrong-key"), timeout=60).status_code == 401
+    assert httpx.get(url, headers=bearer(KEYS[1]), timeout=60).status_code == 200
+    if path.startswith("/dashboard"):
+        # A browser is asked for the key (HTTP Basic: any user name, the key as the password).
+        assert refused.headers["www-authenticate"].startswith("Basic ")
+        assert httpx.get(url, auth=("me", KEYS[0]), timeout=60).status_code == 200
+        assert httpx.get(url, auth=("me", "wrong-key"), timeout=60).status_code == 401
+
+
+def test_the_metrics_key_reads_metrics_and_nothing_else(secured):
+    assert httpx.get(f"{secured.root}/metrics", headers=bearer(METRICS_KEY)).status_code == 200
+    assert httpx.get(f"{secured.root}/dashboard/report.json", headers=bearer(METRICS_KEY)).status_code == 401
+    assert (
+        secured.post({"model": "echo", "messages": MESSAGES}, headers=bearer(METRICS_KEY)).status_code == 401
+    )
+    with pytest.raises(openai.AuthenticationError):
+        secured.client(api_key=METRICS_KEY).models.list()
+
+
+def test_a_browser_opens_the_dashboard_with_the_key(secured):
+    """Chromium with the key as Basic-auth password in the address: the page renders its figures."""
+    try:
+        dom = chromium.dump_dom(
+            secured.root.replace("http://", f"http://me:{KEYS[0]}@") + "/dashboard?since=all"
+        )
+    except chromium.ChromiumMissing as exc:
+        pytest.skip(str(exc))
+    assert 'data-figure="served"' in dom and 'id="headline"' in dom
 
 
 def test_authenticator_without_keys_is_open():
@@ -115,7 +171,9 @@ def test_serve_without_keys_refuses_a_public_host(tmp_path, fake_upstream):
                 break
         output = "".join(lines)
         assert "refusing to listen on 0.0.0.0" in output and "binding 127.0.0.1 only" in output
-        assert "http://127.0.0.1:0/v1" in output
+        port = int(re.search(r"http://127\.0\.0\.1:(\d+)/v1", output).group(1))
+        assert port != 0  # the port actually bound (--port=0: any free one), printed once it listens
+        assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).json()["status"] == "ok"
     finally:
         process.terminate()
         process.wait(timeout=10)

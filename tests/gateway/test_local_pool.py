@@ -16,14 +16,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from gateway.local.backend import LocalError, LocalOverloaded, LocalTimeout, unsupported_params
 from gateway.local.factory import make_local_backend
-from gateway.local.pool import (
-    LlamaPool,
-    LocalError,
-    LocalOverloaded,
-    LocalTimeout,
-    unsupported_params,
-)
+from gateway.local.pool import LlamaPool
 from gateway.local.remote import RemoteLocalBackend
 from gateway.settings import Settings
 from gateway.upstream.base_model import smollm2_gguf_path
@@ -342,6 +337,9 @@ def test_remote_backend_failures_are_local_errors(llama_server):
 
 
 def test_settings_select_the_backend():
-    assert isinstance(make_local_backend(Settings(local_max_loaded=3)), LlamaPool)
+    from gateway.local.children import LlamaServerPool
+
+    assert isinstance(make_local_backend(Settings(local_max_loaded=3)), LlamaServerPool)  # the default
+    assert isinstance(make_local_backend(Settings(local_backend="llama_cpp")), LlamaPool)
     with pytest.raises(ValueError, match="local_api_base"):
         make_local_backend(Settings(local_backend="remote"))

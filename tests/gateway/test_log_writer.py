@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+import time
 
 import pytest
 
 from gateway.log.store import open_db
-from gateway.log.writer import GATEWAY_COLUMNS, LogWriter, content_hash
+from gateway.log.writer import GATEWAY_COLUMNS, LogTimeout, LogWriter, content_hash
 
 
 def make_row(i: int, **extra) -> dict:
@@ -102,3 +103,99 @@ def test_content_hash_is_canonical():
     b = content_hash([{"content": "x", "role": "user"}], {"max_tokens": 5, "temperature": 0}, "y")
     assert a == b and len(a) == 64
     assert a != content_hash([{"role": "user", "content": "x"}], {"temperature": 0, "max_tokens": 5}, "z")
+
+
+def test_rows_no_database_would_take_are_stored_with_a_note(writer):
+    row = make_row(
+        20,
+        model="\ud800",  # a lone surrogate: not UTF-8
+        prompt_tokens=2**64,  # past SQLite's integers
+        completion_tokens=-5,
+        latency_ms=float("nan"),
+        response="x" * 5000,
+    )
+    small = LogWriter(writer.db_path, max_field_bytes=1000)
+    small.start()
+    try:
+        small.submit(row).result(timeout=30)
+    finally:
+        small.stop()
+    with sqlite3.connect(writer.db_path) as conn:
+        conn.row_factory = sqlite3.Row
+        stored = dict(conn.execute("SELECT * FROM requests WHERE request_id = 'req-20'").fetchone())
+    assert stored["model"] == "\ufffd" and stored["prompt_tokens"] is None
+    assert stored["completion_tokens"] is None
+    assert stored["latency_ms"] is None and len(stored["response"].encode()) <= 1000
+    assert "truncated by the gateway" in stored["response"]
+    notes = stored["sanitized"].split(",")
+    assert {"model:invalid_unicode", "prompt_tokens:out_of_range", "response:truncated"} <= set(notes)
+
+
+def test_known_secrets_never_reach_a_row(tmp_path):
+    log_writer = LogWriter(tmp_path / "logs.db", secrets=["sk-live-secret-123456"])
+    log_writer.start()
+    log_writer.submit(make_row(1, response="the key is sk-live-secret-123456")).result(timeout=30)
+    log_writer.stop()
+    with sqlite3.connect(tmp_path / "logs.db") as conn:
+        assert conn.execute("SELECT response FROM requests").fetchone()[0] == "the key is ***"
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_writer_thread_that_dies_is_restarted_and_only_its_batch_fails(writer, monkeypatch):
+    original = writer._commit_or_keep
+    calls = []
+
+    def die_once(conn, batch):
+        calls.append(len(batch))
+        if len(calls) == 1:
+            raise SystemExit("simulated death of the thread")
+        return original(conn, batch)
+
+    monkeypatch.setattr(writer, "_commit_or_keep", die_once)
+    doomed = writer.submit(make_row(30))
+    with pytest.raises(SystemExit):
+        doomed.result(timeout=30)
+    writer._thread.join(timeout=10)
+    assert not writer.alive
+    writer.submit(make_row(31)).result(timeout=30)  # the supervisor started a new thread
+    assert writer.alive and writer.restarts == 1 and count(writer.db_path) == 1
+
+
+def test_a_locked_database_times_out_the_wait_and_the_row_lands_later(tmp_path):
+    log_writer = LogWriter(tmp_path / "logs.db", busy_timeout_ms=100)
+    log_writer.start()
+    blocker = sqlite3.connect(tmp_path / "logs.db", isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+
+    async def write_one() -> None:
+        await log_writer.write(make_row(40), timeout_s=0.5)
+
+    try:
+        with pytest.raises(LogTimeout):
+            asyncio.run(write_one())
+        health = log_writer.health(probe_timeout_s=0.05, commit_timeout_s=0.2)
+        assert health["writable"] is False and "locked" in health["database"]
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    for _ in range(100):
+        if count(tmp_path / "logs.db") == 1:
+            break
+        threading.Event().wait(0.05)
+    assert count(tmp_path / "logs.db") == 1
+    assert log_writer.health()["writable"] is True
+    log_writer.stop()
+
+
+def test_stop_gives_up_on_a_database_locked_for_good(tmp_path):
+    log_writer = LogWriter(tmp_path / "logs.db", busy_timeout_ms=100)
+    log_writer.start()
+    blocker = sqlite3.connect(tmp_path / "logs.db", isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    future = log_writer.submit(make_row(50))
+    started = time.monotonic()
+    log_writer.stop(timeout_s=1.0)
+    assert time.monotonic() - started < 5
+    assert future.done() and future.exception() is not None
+    blocker.execute("ROLLBACK")
+    blocker.close()

@@ -211,3 +211,40 @@ def test_text_content_parts_read_like_a_plain_string(matcher):
     )
     assert found.query == "count lines in a.txt"
     assert matcher.match({"messages": "not a list"}) is None and matcher.match({}) is None
+
+
+def numbered_template() -> Template:
+    specs = [
+        MessageSpec(
+            "user",
+            (
+                "Translate each request into bash.\n\nExample 1:\n",
+                Examples("\n\nExample ", number=2, sep_after=":\n"),
+                "\n\nNow you:\nInput: ",
+                Slot("query", multiline=False),
+                "\nOutput:",
+            ),
+        )
+    ]
+    return Template(template_id(specs), specs, "numbered", inline_pool={b: example_hash(b) for b in BLOCKS})
+
+
+def numbered_request(blocks: list[str], query: str, first: int = 1) -> dict:
+    shown = "\n\n".join(f"Example {first + n}:\n{block}" for n, block in enumerate(blocks))
+    return chat(
+        ("user", f"Translate each request into bash.\n\n{shown}\n\nNow you:\nInput: {query}\nOutput:")
+    )
+
+
+def test_numbered_examples_must_count_up():
+    matcher = Matcher([numbered_template()])
+    found = matcher.match(numbered_request([BLOCKS[2], BLOCKS[0], BLOCKS[1]], "show the date"))
+    assert found.query == "show the date"
+    assert found.example_hashes == [example_hash(BLOCKS[2]), example_hash(BLOCKS[0]), example_hash(BLOCKS[1])]
+    skipped = numbered_request([BLOCKS[2], BLOCKS[0]], "show the date")
+    skipped["messages"][0]["content"] = skipped["messages"][0]["content"].replace("Example 2:", "Example 3:")
+    assert matcher.match(skipped) is None
+    rendered = numbered_template().render({"query": "q"}, [BLOCKS[1], BLOCKS[0]])
+    assert rendered == numbered_request([BLOCKS[1], BLOCKS[0]], "q")["messages"]
+    specs = specs_from_structure(json.loads(json.dumps(numbered_template().structure())))
+    assert specs == numbered_template().messages

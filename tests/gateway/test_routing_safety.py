@@ -94,11 +94,17 @@ def test_a_full_local_queue_falls_back_with_zero_client_errors(tmp_path, fake_up
         gw.stop()
 
 
-def test_a_model_that_cannot_load_stays_upstream(tmp_path, fake_upstream, traffic):
+@pytest.mark.parametrize(
+    "content",
+    [b"not a model" * 1000, b"GGUF" + bytes(range(256)) * 64],
+    ids=["not-gguf", "crashes-llama-cpp"],
+)
+def test_a_model_that_cannot_load_stays_upstream(tmp_path, fake_upstream, traffic, content):
+    # The second file has GGUF's magic: llama.cpp tries it and dies, in its child process, not the gateway.
     gw, template_id = routed_gateway(tmp_path, fake_upstream.url, traffic)
     try:
         garbage = tmp_path / "broken.gguf"
-        garbage.write_bytes(b"not a model" * 1000)
+        garbage.write_bytes(content)
         add_model(gw.settings.db_path, template_id, "m-broken", garbage)
         route(gw.settings.db_path, template_id, model_id="m-broken")
         # The next request already goes upstream (route changed); once reloaded, it stays upstream.

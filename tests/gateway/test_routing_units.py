@@ -6,10 +6,10 @@ import sqlite3
 
 import pytest
 
-from gateway.accounting.pricing import Pricer
-from gateway.api.local_serving import counterfactual_price
+from gateway.accounting.pricing import Pricer, counterfactual_price
 from gateway.log.writer import LogWriter
-from gateway.routing.agreement import agreement, normalise
+from gateway.routing.agreement import agreement
+from gateway.scoring import normalise
 from gateway.settings import Price, Settings, UpstreamModel
 
 

@@ -1,6 +1,6 @@
 """The gateway on its embedded default: a real llama.cpp server on SmolLM2-135M-Instruct, started and
-supervised by the gateway, reached through litellm (and, from a second gateway, through the direct
-pass-through).
+supervised by the gateway, reached through the direct pass-through (and, from a second gateway, through
+litellm).
 
 Short greedy generations (max_tokens=8) keep each request around a second on two CPU cores.
 """
@@ -81,31 +81,61 @@ def test_stream_and_non_stream_agree_and_log_exact_tokens(embedded):
         assert row["spend"] == pytest.approx(expected)
 
 
+def test_max_completion_tokens_is_honoured(embedded):
+    """What LangChain and newer SDKs send; llama.cpp's server reads only max_tokens."""
+    completion = embedded.client().chat.completions.create(
+        model=MODEL, messages=MESSAGES, max_completion_tokens=5, temperature=0
+    )
+    assert completion.usage.completion_tokens == 5 and completion.choices[0].finish_reason == "length"
+
+
+@pytest.mark.parametrize(
+    "change,param",
+    [
+        ({"messages": [{"role": "user"}]}, "messages.0.content"),
+        ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}},
+         "response_format.type"),
+    ],
+)  # fmt: skip
+def test_a_request_llama_cpp_rejects_is_a_400_naming_the_field(embedded, change, param):
+    body = {"model": MODEL, "messages": MESSAGES, **GREEDY, **change}
+    started = time.perf_counter()
+    response = httpx.post(f"{embedded.url}/chat/completions", json=body, timeout=60)
+    error = response.json()["error"]
+    assert response.status_code == 400 and error["param"] == param, error
+    assert "Traceback" not in error["message"] and "/" not in error["message"].split(":", 1)[1]
+    assert time.perf_counter() - started < 5  # answered at once: not retried as a server error
+    assert embedded.row(response.headers["x-request-id"])["status"] == 400
+
+
 def test_direct_transport_to_llama_cpp_matches_litellm(embedded):
     api_base = _health(embedded)["embedded"]["api_base"]
-    direct_model = UpstreamModel(
-        name="smol-direct", litellm_model=f"openai/{MODEL}", api_base=api_base, transport="direct",
-        local=True, gguf_path=smollm2_gguf_path(),
+    litellm_model = UpstreamModel(
+        name="smol-litellm", litellm_model=f"openai/{MODEL}", api_base=api_base, api_key="no-key",
+        transport="litellm", local=True, gguf_path=smollm2_gguf_path(),
     )  # fmt: skip
-    settings = Settings(home=embedded.settings.home / "direct", models=[direct_model])
-    direct = start_gateway(settings)
+    settings = Settings(home=embedded.settings.home / "litellm", models=[litellm_model])
+    other = start_gateway(settings)
     try:
-        via_litellm = embedded.client().chat.completions.create(model=MODEL, messages=MESSAGES, **GREEDY)
-        via_direct = direct.client().chat.completions.create(model="smol-direct", messages=MESSAGES, **GREEDY)
+        via_direct = embedded.client().chat.completions.create(model=MODEL, messages=MESSAGES, **GREEDY)
+        via_litellm = other.client().chat.completions.create(
+            model="smol-litellm", messages=MESSAGES, **GREEDY
+        )
         assert via_direct.choices[0].message.content == via_litellm.choices[0].message.content
-        with direct.client().chat.completions.with_streaming_response.create(
-            model="smol-direct",
+        assert via_direct.usage.prompt_tokens == via_litellm.usage.prompt_tokens
+        with embedded.client().chat.completions.with_streaming_response.create(
+            model=MODEL,
             messages=MESSAGES,
             stream=True,
             stream_options={"include_usage": True},
             **GREEDY,
         ) as response:
             chunks = list(response.parse())
-            row = direct.row(response.headers["x-request-id"])
+            row = embedded.row(response.headers["x-request-id"])
         assert chunks[-1].usage.prompt_tokens == via_direct.usage.prompt_tokens == row["prompt_tokens"]
         assert row["completion_tokens"] == via_direct.usage.completion_tokens
     finally:
-        direct.stop()
+        other.stop()
 
 
 def test_embedded_server_is_restarted_when_it_dies(embedded):

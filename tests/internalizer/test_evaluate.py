@@ -27,12 +27,12 @@ def test_bash_template_keeps_utilities_flags_operators():
         "ARG",
         "|",
         "xargs",
-        "ARG",
+        "rm",  # xargs runs a command: its first word is a utility, not an argument
         "-f",
     ]
     assert bash_template("grep -r foo src") == bash_template("grep -r bar lib")
     assert bash_template("grep -r foo src") != bash_template("grep -ri foo src")
-    assert bash_template("echo $(( 1 +") == ["echo", "ARG", "ARG", "ARG"]  # unparsable: shlex fallback
+    assert bash_template("echo $(( 1 +") == ["echo", "ARG", "ARG", "ARG", "ARG"]  # unparsable: shlex fallback
 
 
 def test_score_and_gate():

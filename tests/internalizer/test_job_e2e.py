@@ -47,5 +47,8 @@ def test_internalize_tiny_template_end_to_end(tiny_env):
     assert any(note.startswith("calibration:") for note in result.notes)
     summary = json.loads((Path(result.run_dir) / "summary.json").read_text())
     assert summary["model_id"] == result.model_id
+    assert summary["minutes"]["planned"] > 0 and summary["minutes"]["actual"] > 0
+    assert [s["stage"] for s in summary["plan"]["stages"]] == [1, 2]
+    assert (Path(result.run_dir) / "plan.json").is_file()
     assert (Path(result.run_dir) / "config.yaml").is_file()
     assert elapsed < 60, f"the tiny end-to-end job took {elapsed:.1f} s"

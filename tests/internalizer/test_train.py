@@ -7,7 +7,8 @@ import torch
 
 from internalizer.base import load_base
 from internalizer.dataset import encode_pair
-from internalizer.train import Sequence, TrainingError, collate, lora_model, pack, train_stages
+from internalizer.packing import Sequence, collate, pack, stage_steps
+from internalizer.train import TrainingError, answer_logits, lora_model, train_stages, training_loss
 from tests.internalizer.conftest import fast_config, short_pairs
 
 
@@ -22,19 +23,21 @@ def _sequences(tokenizer, n: int) -> list[Sequence]:
 def test_pack_fills_rows_without_splitting_sequences():
     seqs = [Sequence([1] * n, [-100] * n) for n in (50, 40, 30, 20, 10, 60)]
     rows = pack(seqs, 64)
-    assert all(sum(len(s.input_ids) for s in row) <= 64 for row in rows)
-    assert sorted(len(s.input_ids) for row in rows for s in row) == [10, 20, 30, 40, 50, 60]
+    assert all(r.n_tokens <= 64 for r in rows)
+    assert sorted(len(s) for row in rows for s in row.sequences) == [10, 20, 30, 40, 50, 60]
     assert len(rows) == 4
-    with pytest.raises(TrainingError, match="does not fit"):
-        pack([Sequence([1] * 65, [1] * 65)], 64)
+    # A sequence longer than a row is kept whole, in a row of its own.
+    rows = pack([Sequence([1] * 700, [-100] * 700), *seqs[:2]], 64)
+    assert sorted(len(row.sequences[0]) for row in rows if len(row.sequences) == 1)[-1] == 700
 
 
-def test_pack_with_small_rows_keeps_long_sequences_whole():
-    seqs = [Sequence([1] * n, [-100] * n) for n in (700, 30, 30, 30, 30, 500)]
-    rows = pack(seqs, 1024, row_tokens=64)
-    lengths = sorted(sorted(len(s.input_ids) for s in row) for row in rows)
-    # The long sequences get a row each; the short ones share rows of at most 64 tokens.
-    assert lengths == [[30, 30], [30, 30], [500], [700]]
+def test_steps_take_batch_size_records_and_every_record_each_epoch():
+    cfg = fast_config(steps_per_stage=0, batch_size=4)
+    steps = stage_steps(10, 2.0, cfg, stage=1)
+    assert [len(s) for s in steps] == [3, 4, 3, 3, 4, 3]  # 3 steps per epoch, near-equal sizes
+    assert sorted(steps[0] + steps[1] + steps[2]) == list(range(10)) == sorted(sum(steps[3:], []))
+    assert steps == stage_steps(10, 2.0, cfg, stage=1) and steps != stage_steps(10, 2.0, cfg, stage=2)
+    assert len(stage_steps(10, 1.0, fast_config(steps_per_stage=7, batch_size=4), stage=1)) == 7
 
 
 def test_packed_rows_give_the_loss_of_separate_sequences(tiny_gguf):
@@ -44,13 +47,14 @@ def test_packed_rows_give_the_loss_of_separate_sequences(tiny_gguf):
     rows = pack(seqs, 160)
     assert len(rows) < len(seqs)  # several sequences share a row
     with torch.no_grad():
-        packed = base.model(**collate(rows, base.tokenizer.pad_token_id)).loss.item()
+        batch = collate(rows, base.tokenizer.pad_token_id)
+        packed, _ = training_loss(answer_logits(base.model, batch), batch)
         total, count = 0.0, 0
         for seq in seqs:
             loss = base.model(input_ids=torch.tensor([seq.input_ids]), labels=torch.tensor([seq.labels])).loss
             n = sum(1 for label in seq.labels[1:] if label != -100)
             total, count = total + loss.item() * n, count + n
-    assert packed == pytest.approx(total / count, rel=1e-4)
+    assert packed.item() == pytest.approx(total / count, rel=1e-4)
 
 
 def _train(tiny_gguf, run_dir, cfg):

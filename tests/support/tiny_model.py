@@ -93,6 +93,7 @@ def build_tiny_gguf(
     steps: int = 200,
     seed: int = 0,
     hidden_size: int = 64,
+    context: int = 4096,
 ) -> Path:
     """Tokenizer + tiny llama pretrained on `pairs`, written as an F32 GGUF at `out_path`."""
     torch.manual_seed(seed)
@@ -105,7 +106,7 @@ def build_tiny_gguf(
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=1024,
+        max_position_embeddings=context,  # rotary positions: no weights, only the context llama.cpp allows
         rms_norm_eps=1e-5,
         tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id,

@@ -110,7 +110,9 @@ def test_a_low_confidence_request_is_answered_upstream_with_the_full_prompt(rout
         scored[query] = gw.row(request_id)["local_confidence"]
     assert all(c is not None and c < 0 for c in scored.values())
     sure, unsure = max(scored, key=scored.get), min(scored, key=scored.get)
-    assert scored[sure] - scored[unsure] > 0.05, scored
+    # Far enough apart that llama.cpp's run-to-run jitter (~0.02: its prompt cache changes the batching)
+    # cannot move either across the threshold.
+    assert scored[sure] - scored[unsure] > 0.3, scored
     threshold = (scored[sure] + scored[unsure]) / 2
     calibrate_route(gw, template_id, threshold)
     _wait_for_route(gw, traffic, sure, ("local",), max_tokens=3)
@@ -126,7 +128,7 @@ def test_a_low_confidence_request_is_answered_upstream_with_the_full_prompt(rout
         assert row["response"] == text and row["model_served"] == "openai/echo"
         assert row["prompt_tokens"] > 300  # the original full prompt went upstream
         assert (
-            row["local_confidence"] == pytest.approx(scored[unsure], abs=0.02)
+            row["local_confidence"] == pytest.approx(scored[unsure], abs=0.1)
             and row["local_confidence"] < threshold
         )
         # Honest accounting: the upstream bill plus the local compute the refused answer cost.

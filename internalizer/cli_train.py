@@ -270,7 +270,7 @@ def models(ctx: click.Context, template_id: str | None, as_json: bool) -> None:
     rows = list_models(_open(get_settings(ctx)), template_id)
     if as_json:
         for row in rows:
-            for key in ("config", "stage_losses", "eval_scores"):
+            for key in ("config", "stage_losses", "eval_scores", "calibration"):
                 row[key] = json.loads(row[key]) if row.get(key) else None
         click.echo(json.dumps(rows, indent=1))
         return

@@ -7,7 +7,8 @@ the example blocks next to it: an example every request of a small group happene
 between two anchors is a region. Across the group a region is the same everywhere (static), a run of
 example blocks drawn from a pool followed by a tail (mine_blocks), or text that varies, aligned into static
 prefix, slot(s) and static suffix. Static text that writes out the same examples in every request gets an
-examples part too. Nothing here reads markers to decide.
+examples part too. Label patterns (`Question:`) only propose where one slot may end and the next begin:
+the requests decide.
 
 A region whose values repeat as wholes (two wordings of the instructions), or whose varying values share a
 recurring line, is not a slot: the group mixes templates, and the outcome names a unit to split it on.

@@ -33,7 +33,15 @@ from gateway.templates.matcher import (
 from gateway.templates.request_shape import TURNS_ROLE
 from internalizer.mine_blocks import RunFound, find_run, fixed_run
 from internalizer.mine_cut import repeats_as_frame
-from internalizer.mine_finish import conversation, merge_static, name_slots, template_name, valid
+from internalizer.mine_finish import (
+    AlignConfig,
+    GroupRequest,
+    conversation,
+    merge_static,
+    name_slots,
+    template_name,
+    valid,
+)
 from internalizer.mine_frame import Frame
 from internalizer.mine_text import DIGITS, Units, align_slots, eligible, normalized
 
@@ -48,26 +56,9 @@ class ExampleInfo:
 
 
 @dataclass
-class GroupRequest:
-    """One request cut for mining: its units per skeleton element (None for the few-shot turns run)."""
-
-    elements: list[Units | None]
-    pairs: list[tuple[str, str]]
-
-
-@dataclass
 class MinedTemplate:
     template: Template
     examples: dict[str, ExampleInfo] = field(default_factory=dict)  # hash -> text
-
-
-@dataclass(frozen=True)
-class AlignConfig:
-    min_support: int = 5  # requests that make a value or a line recur
-    min_static_chars: int = 20  # non-blank characters of static text a template needs
-    # User/assistant turns are a conversation's history, not few-shot examples, when this share of the
-    # requests carry an earlier request of the group as their history plus its last user message.
-    max_conversation_share: float = 0.2
 
 
 @dataclass

@@ -126,7 +126,7 @@ def test_a_low_confidence_request_is_answered_upstream_with_the_full_prompt(rout
         assert row["response"] == text and row["model_served"] == "openai/echo"
         assert row["prompt_tokens"] > 300  # the original full prompt went upstream
         assert (
-            row["local_confidence"] == pytest.approx(scored[unsure], abs=0.02)
+            row["local_confidence"] == pytest.approx(scored[unsure], abs=0.1)
             and row["local_confidence"] < threshold
         )
         # Honest accounting: the upstream bill plus the local compute the refused answer cost.

@@ -7,7 +7,8 @@ the example blocks next to it: an example every request of a small group happene
 between two anchors is a region. Across the group a region is the same everywhere (static), a run of
 example blocks drawn from a pool followed by a tail (mine_blocks), or text that varies, aligned into static
 prefix, slot(s) and static suffix. Static text that writes out the same examples in every request gets an
-examples part too. Nothing here reads markers to decide.
+examples part too. Label patterns (`Question:`) only propose where one slot may end and the next begin:
+the requests decide.
 
 A region whose values repeat as wholes (two wordings of the instructions), or whose varying values share a
 recurring line, is not a slot: the group mixes templates, and the outcome names a unit to split it on.
@@ -32,7 +33,15 @@ from gateway.templates.matcher import (
 from gateway.templates.request_shape import TURNS_ROLE
 from internalizer.mine_blocks import RunFound, find_run, fixed_run
 from internalizer.mine_cut import repeats_as_frame
-from internalizer.mine_finish import conversation, merge_static, name_slots, template_name, valid
+from internalizer.mine_finish import (
+    AlignConfig,
+    GroupRequest,
+    conversation,
+    merge_static,
+    name_slots,
+    template_name,
+    valid,
+)
 from internalizer.mine_frame import Frame
 from internalizer.mine_text import DIGITS, Units, align_slots, eligible, normalized
 
@@ -47,26 +56,9 @@ class ExampleInfo:
 
 
 @dataclass
-class GroupRequest:
-    """One request cut for mining: its units per skeleton element (None for the few-shot turns run)."""
-
-    elements: list[Units | None]
-    pairs: list[tuple[str, str]]
-
-
-@dataclass
 class MinedTemplate:
     template: Template
     examples: dict[str, ExampleInfo] = field(default_factory=dict)  # hash -> text
-
-
-@dataclass(frozen=True)
-class AlignConfig:
-    min_support: int = 5  # requests that make a value or a line recur
-    min_static_chars: int = 20  # non-blank characters of static text a template needs
-    # User/assistant turns are a conversation's history, not few-shot examples, when this share of the
-    # requests carry an earlier request of the group as their history plus its last user message.
-    max_conversation_share: float = 0.2
 
 
 @dataclass

@@ -226,6 +226,8 @@ def _drawn(
     blocks, recurring or not)."""
     if 2 * sequences.most_common(1)[0][1] >= total:
         return False
+    if 2 * sum(weight[t] for t in known) < sum(weight.values()):
+        return False  # most blocks seen once: a pool too large for this log to show, or no pool at all
     if max(len(sequence) for sequence in sequences) <= 1:
         worded = _reworded(known, weight)
         return seen >= MIN_ALTERNATIVES and (worded is None or 2 * worded[0] < total)

@@ -3,14 +3,29 @@
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 from gateway.templates.matcher import QUERY_SLOT, MessageSpec, Part, Slot
-
-if TYPE_CHECKING:
-    from internalizer.mine_align import AlignConfig, GroupRequest
+from internalizer.mine_text import Units
 
 QUERY_LABELS = {"question", "query", "q", "input", "request", "task", "user", "instruction", "prompt", "text"}
+
+
+@dataclass(frozen=True)
+class AlignConfig:
+    min_support: int = 5  # requests that make a value or a line recur
+    min_static_chars: int = 20  # non-blank characters of static text a template needs
+    # User/assistant turns are a conversation's history, not few-shot examples, when this share of the
+    # requests carry an earlier request of the group as their history plus its last user message.
+    max_conversation_share: float = 0.2
+
+
+@dataclass
+class GroupRequest:
+    """One request cut for mining: its units per skeleton element (None for the few-shot turns run)."""
+
+    elements: list[Units | None]
+    pairs: list[tuple[str, str]]
 
 
 def merge_static(parts: list[Part]) -> list[Part]:

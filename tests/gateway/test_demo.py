@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from datetime import datetime
@@ -122,9 +123,9 @@ def check_quick_loop(home: Path, out: str, err: str) -> None:
         "== 3/4 replay",
         "== 4/4 report",
         "replaying",
-        "stage 2/2",
     ):
-        assert step in err  # each step announced, progress bars for replay and training
+        assert step in err  # each step announced, a progress bar for replay
+    assert re.search(r"stage (\d+)/\1\b", err), err[-3000:]  # and a bar per training stage, the last included
 
     db = open_db(home / "logs.db")
     rows = list(db.query("SELECT * FROM requests ORDER BY startTime"))

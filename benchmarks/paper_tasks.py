@@ -106,8 +106,8 @@ The examples below show messages from other customers and the intent expected.""
 def first_label(text: str) -> str:
     """The label a classifier's reply names: its first non-empty line, without quotes, bullets or a period."""
     for line in _strip_fences(text).splitlines():
-        line = line.strip().strip("`'\"*").strip()
-        line = re.sub(r"^(?:[-*]\s+|intent:\s*)", "", line, flags=re.IGNORECASE).rstrip(".").strip()
+        line = re.sub(r"^(?:[-*]\s+|intent:\s*)", "", line.strip(), flags=re.IGNORECASE)
+        line = line.strip().rstrip(".").strip().strip("`'\"*").strip()
         if line:
             return line
     return ""

@@ -18,7 +18,7 @@ from benchmarks.paper_metrics import (
     tldr_template,
 )
 from benchmarks.paper_results import Results, add_upstream_costs, check_targets, render_markdown
-from benchmarks.paper_tasks import TASKS, first_command_line, python_snippet
+from benchmarks.paper_tasks import TASKS, banking77_labels, first_command_line, first_label, python_snippet
 from gateway.accounting.report import percentile
 
 
@@ -132,6 +132,20 @@ def test_tasks_load_real_records_and_score_their_own_targets_perfectly(name):
     scores = task.evaluate(replies, dev)
     assert scores["exact_match"] == 100.0
     assert scores[task.primary_metric] == 100.0
+
+
+def test_banking77_is_a_classifier_prompt_scored_by_accuracy():
+    task = TASKS["banking77"]
+    dev = task.load("dev", limit=30, seed=0)
+    labels = banking77_labels()
+    assert len(labels) == 77 and all(r.target in labels for r in dev)
+    assert all(f"- {label}\n" in task.instructions for label in labels)  # the app lists every intent
+    # A model's reply is cleaned to the label it names; accuracy counts exact labels.
+    replies = [f"Intent: `{r.target}`." if i % 2 else r.target.upper() for i, r in enumerate(dev)]
+    assert task.evaluate(replies, dev) == {"accuracy": 100.0}
+    wrong = ["card_arrival" if r.target != "card_arrival" else "age_limit" for r in dev]
+    assert task.evaluate(wrong, dev) == {"accuracy": 0.0}
+    assert first_label("\n- lost_or_stolen_card\nBecause the customer...") == "lost_or_stolen_card"
 
 
 def test_price_model_and_percentile():

@@ -49,6 +49,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from benchmarks.paper_cost import PriceModel, load_price_model  # noqa: E402
 from benchmarks.paper_tasks import DATA_ROOT, TASKS, Record  # noqa: E402
 from benchmarks.paper_train import OverBudget, Trainer, query_only_spec  # noqa: E402
+from benchmarks.selective_report import fmt_or_na, write_markdown, write_plot  # noqa: E402
 from gateway.local.confidence import SIGNALS, confidence  # noqa: E402
 from gateway.routing.selective import (  # noqa: E402
     CurvePoint,
@@ -397,144 +398,6 @@ def threshold_rules(n_sets: int = 400) -> list[dict[str, Any]]:
 # ---- outputs ---------------------------------------------------------------------------------------------
 
 
-def write_markdown(results: dict[str, Any], path: Path) -> None:
-    lines = [
-        "# Selective routing: serve locally only what the local model is sure of",
-        "",
-        f"{results['config']} config on {results['machine']}. Query-only LoRA on SmolLM2-135M-Instruct "
-        "(Q8_0, llama.cpp); threshold chosen on a calibration slice of dev (one-sided Wilson bound at "
-        f"{LEVEL}, fixed sequence), judged on a disjoint test slice. Upstream = gpt-4o-mini with the "
-        "static prefix cached on every request; local compute $0.10/h at the measured time per answer; every "
-        "request is answered locally first, so an escalation costs its local time plus the upstream price.",
-        "",
-        *[
-            f"- {ds['dataset']}: `{ds['command']}`, {ds['seconds'] / 60:.1f} min, 1-min load average "
-            f"{ds['load_average'][0]:.1f} -> {ds['load_average'][1]:.1f} on 2 cores"
-            for ds in results["datasets"]
-        ],
-        "",
-        "## Which confidence signal (AUROC for telling agreeing answers apart, test slice)",
-        "",
-        "| dataset | overall agreement | agreeing / test answers | " + " | ".join(SIGNALS) + " |",
-        "|---|---:|---:|" + "---:|" * len(SIGNALS),
-    ]
-    for ds in results["datasets"]:
-        aurocs = " | ".join(_fmt(ds["signals"][s]["auroc_test"], 3) for s in SIGNALS)
-        n = ds["config"]["n_test"]
-        agreeing = round(ds["overall_agreement_test"] * n)
-        lines.append(
-            f"| {ds['dataset']} | {ds['overall_agreement_test']:.3f} | {agreeing} / {n} | {aurocs} |"
-        )
-    lines += ["", f"Chosen signal: **{results['chosen_signal']}** ({results['signal_reason']}).", ""]
-    signal = results["chosen_signal"]
-    lines += [
-        f"## Selective vs all-or-nothing routing ({signal} token log-probability)",
-        "",
-        "| dataset | target | threshold | coverage | routed agreement | escalated | $ / 1k selective | "
-        "saving | saving, CPU-time basis | all-or-nothing routes | $ / 1k all-or-nothing | "
-        "$ / 1k cached upstream |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
-    ]
-    for ds in results["datasets"]:
-        for t in ds["signals"][signal]["targets"]:
-            aon = t["all_or_nothing"]
-            lines.append(
-                f"| {ds['dataset']} | {t['target']} | {_fmt(t['threshold'], 3)} | "
-                f"{100 * t['coverage']:.1f}% | {_fmt(t['routed_agreement'], 3)} | "
-                f"{100 * t['escalation_rate']:.1f}% | "
-                f"${t['cost_per_1k']:.4f} | {t['saving_vs_cached_pct']:.1f}% | "
-                f"{t['cpu_time_basis']['saving_vs_cached_pct']:.1f}% | {aon['routes']} | "
-                f"${aon['cost_per_1k']:.4f} | ${ds['upstream_cached_per_1k']:.4f} |"
-            )
-    lines += ["", "Other signals at target 0.9 (coverage / routed agreement / saving on the test slice):", ""]
-    for ds in results["datasets"]:
-        parts = []
-        for s in SIGNALS:
-            t = next(x for x in ds["signals"][s]["targets"] if x["target"] == 0.9)
-            agreement = _fmt(t["routed_agreement"], 3)
-            parts.append(f"{s} {100 * t['coverage']:.1f}% / {agreement} / {t['saving_vs_cached_pct']:.1f}%")
-        lines.append(f"- {ds['dataset']}: " + "; ".join(parts))
-    lines += ["", "## Per dataset", ""]
-    for ds in results["datasets"]:
-        tr, cfg = ds["trained"], ds["config"]
-        lines.append(
-            f"- {ds['dataset']}: {cfg['n_train']} training requests x {cfg['epochs']} epochs "
-            f"({tr['train_seconds']:.0f} s training, {tr['export_seconds']:.0f} s export); agreement metric "
-            f"`{cfg['metric']}`; {cfg['n_cal']} calibration / {cfg['n_test']} test "
-            f"requests; full prompt {ds['full_prompt_tokens_mean']:.0f} tokens ({ds['cached_prefix_tokens']} "
-            f"cached); local answer {1000 * ds['local_seconds_mean']:.0f} ms wall / "
-            f"{1000 * ds['local_cpu_seconds_mean']:.0f} ms CPU mean "
-            f"({ds['mean_answer_tokens']:.1f} tokens); {ds['seconds']:.0f} s in all."
-        )
-    lines += [
-        "",
-        "## Threshold rules on synthetic held-out sets (true agreement crosses 0.9 at 1/3 coverage)",
-        "",
-        "| held-out | rule | found | over-promised by > 2 points | mean true coverage |",
-        "|---:|---|---:|---:|---:|",
-    ]
-    for row in results["threshold_rules"]:
-        share = row["over_promised_share"]
-        lines.append(
-            f"| {row['held_out']} | {row['rule']} | {row['found']}/{row['sets']} | "
-            f"{row['over_promised_by_2pt']} ({'n/a' if share is None else f'{100 * share:.0f}%'}) | "
-            f"{_fmt(row['mean_true_coverage'], 3)} |"
-        )
-    target = results["target_check"]
-    verdict = "met" if target["met"] else "missed"
-    lines += [
-        "",
-        "Target (0.9 agreement, >= 30% saving vs the cached upstream, on a template whose model fails the "
-        f"all-or-nothing gate): **{verdict}** ({target['detail']}).",
-    ]
-    path.write_text("\n".join(lines) + "\n")
-
-
-def _fmt(value: float | None, digits: int) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
-
-
-def write_plot(results: dict[str, Any], path: Path) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    datasets = results["datasets"]
-    figure = Figure(figsize=(12, 4.5 * len(datasets)), dpi=100, layout="constrained")
-    FigureCanvasAgg(figure)
-    axes = figure.subplots(len(datasets), 2, squeeze=False)
-    for row, ds in enumerate(datasets):
-        curve_ax, cost_ax = axes[row]
-        for signal in SIGNALS:
-            curve = ds["signals"][signal]["test_curve"]
-            auc = ds["signals"][signal]["auroc_test"]
-            curve_ax.plot(
-                [p["coverage"] for p in curve], [p["agreement"] for p in curve],
-                label=f"{signal} (AUROC {_fmt(auc, 2)})",
-            )  # fmt: skip
-        for t in ds["signals"][results["chosen_signal"]]["targets"]:
-            if t["routed_agreement"] is not None:
-                curve_ax.plot([t["coverage"]], [t["routed_agreement"]], "ko")
-                curve_ax.annotate(f"target {t['target']}", (t["coverage"], t["routed_agreement"]), fontsize=8)
-        curve_ax.axhline(ds["overall_agreement_test"], color="grey", ls=":", label="all answers")
-        curve_ax.set(xlim=(0, 1.02), ylim=(0, 1.02), xlabel="coverage (share served locally)",
-                     ylabel="agreement of the served answers",
-                     title=f"{ds['dataset']}: coverage / agreement (test slice)")  # fmt: skip
-        curve_ax.legend(fontsize="small")
-        targets = ds["signals"][results["chosen_signal"]]["targets"]
-        x = range(len(targets))
-        cost_ax.bar([i - 0.2 for i in x], [t["cost_per_1k"] for t in targets], 0.4, label="selective")
-        cost_ax.bar([i + 0.2 for i in x], [t["all_or_nothing"]["cost_per_1k"] for t in targets], 0.4,
-                    label="all-or-nothing")  # fmt: skip
-        cost_ax.axhline(ds["upstream_cached_per_1k"], color="black", ls="--", label="upstream, prefix cached")
-        cost_ax.set_xticks(list(x), [f"target {t['target']}" for t in targets])
-        cost_ax.set(
-            ylabel="dollars per 1,000 requests",
-            title=f"{ds['dataset']}: cost (local compute at wall time; no threshold = not activated)",
-        )
-        cost_ax.legend(fontsize="small")
-    figure.savefig(path)
-
-
 def check_target(datasets: list[dict[str, Any]], signal: str) -> dict[str, Any]:
     """Met if, on a dataset whose model fails all-or-nothing routing at 0.9, selective routing at 0.9 keeps
     routed agreement >= 0.9 on the test slice and saves >= 30% of the cached upstream's cost."""
@@ -547,7 +410,7 @@ def check_target(datasets: list[dict[str, Any]], signal: str) -> dict[str, Any]:
         met |= fails_gate and agreement_ok and wall >= 30
         details.append(
             f"{ds['dataset']}: all-or-nothing routes {t['all_or_nothing']['routes']}; selective routes "
-            f"{100 * t['coverage']:.1f}% at agreement {_fmt(t['routed_agreement'], 3)}, saving {wall:.1f}% "
+            f"{100 * t['coverage']:.1f}% at agreement {fmt_or_na(t['routed_agreement'], 3)}, saving {wall:.1f}% "
             f"(wall-time basis) / {cpu:.1f}% (CPU-time basis)"
         )
     return {"met": met, "detail": "; ".join(details)}
@@ -643,7 +506,7 @@ def write_outputs(results: dict[str, Any], stem: str) -> None:
     results["target_check"] = check_target(datasets, chosen)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     (RESULTS_DIR / f"{stem}.json").write_text(json.dumps(results, indent=1))
-    write_markdown(results, RESULTS_DIR / f"{stem}.md")
+    write_markdown(results, RESULTS_DIR / f"{stem}.md", LEVEL)
     if datasets:
         write_plot(results, RESULTS_DIR / f"{stem}.png")
     print((RESULTS_DIR / f"{stem}.md").read_text())

@@ -410,8 +410,8 @@ def check_target(datasets: list[dict[str, Any]], signal: str) -> dict[str, Any]:
         met |= fails_gate and agreement_ok and wall >= 30
         details.append(
             f"{ds['dataset']}: all-or-nothing routes {t['all_or_nothing']['routes']}; selective routes "
-            f"{100 * t['coverage']:.1f}% at agreement {fmt_or_na(t['routed_agreement'], 3)}, saving {wall:.1f}% "
-            f"(wall-time basis) / {cpu:.1f}% (CPU-time basis)"
+            f"{100 * t['coverage']:.1f}% at agreement {fmt_or_na(t['routed_agreement'], 3)}, "
+            f"saving {wall:.1f}% (wall-time basis) / {cpu:.1f}% (CPU-time basis)"
         )
     return {"met": met, "detail": "; ".join(details)}
 

@@ -54,7 +54,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -62,12 +61,20 @@ import uvicorn
 
 from gateway.loopback import serve_in_thread
 from gateway.templates.request_shape import message_text
+from tests.support.asgi import (
+    Receive,
+    Scope,
+    Send,
+    lifespan,
+    model_card,
+    read_body,
+    send_error,
+    send_json,
+    sse,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 SYSTEM_FINGERPRINT = "fake-upstream"
 
@@ -130,27 +137,27 @@ class FakeUpstream:
     # ---- ASGI ----------------------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
+            await lifespan(receive, send)
             return
         method, path = scope["method"], scope["path"].rstrip("/")
         if method == "GET" and path in ("/health", ""):
-            await _send_json(send, 200, {"status": "ok"})
+            await send_json(send, 200, {"status": "ok"})
         elif method == "GET" and path == "/v1/models":
-            await _send_json(send, 200, {"object": "list", "data": [_model_card("fake")]})
+            await send_json(send, 200, {"object": "list", "data": [model_card("fake")]})
         elif method == "GET" and path == "/fake/requests":
-            await _send_json(send, 200, {"requests": list(self.received)})
+            await send_json(send, 200, {"requests": list(self.received)})
         elif method == "POST" and path == "/v1/chat/completions":
             await self._chat(scope, receive, send)
         else:
-            await _send_error(send, 404, f"no route {method} {path}", "not_found_error")
+            await send_error(send, 404, f"no route {method} {path}", "not_found_error")
 
     async def _chat(self, scope: Scope, receive: Receive, send: Send) -> None:
-        raw = await _read_body(receive)
+        raw = await read_body(receive)
         try:
             body = json.loads(raw)
             assert isinstance(body, dict)
         except Exception:
-            await _send_error(send, 400, "body is not a JSON object", "invalid_request_error")
+            await send_error(send, 400, "body is not a JSON object", "invalid_request_error")
             return
         self.received.append(body)
         model = str(body.get("model", ""))
@@ -166,22 +173,22 @@ class FakeUpstream:
         if misbehaviour:
             return
         if model == "leak-key":
-            await _send_error(send, 500, f"invalid request with header {authorization}", "server_error")
+            await send_error(send, 500, f"invalid request with header {authorization}", "server_error")
             return
         if model == "leak-path":
             message = (
                 "boom in /srv/fake/app/handler.py\n\nTraceback (most recent call last):\n"
                 '  File "/srv/fake/app/server.py", line 12, in handle'
             )
-            await _send_error(send, 500, message, "server_error")
+            await send_error(send, 500, message, "server_error")
             return
         if model.startswith("error-"):
             status = int(model.removeprefix("error-"))
-            await _send_error(send, status, f"fake upstream failure {status}", "server_error")
+            await send_error(send, status, f"fake upstream failure {status}", "server_error")
             return
         if model.startswith("ratelimit-"):
             headers = [(b"retry-after", model.removeprefix("ratelimit-").encode())]
-            await _send_error(send, 429, "fake upstream rate limit", "rate_limit_error", headers)
+            await send_error(send, 429, "fake upstream rate limit", "rate_limit_error", headers)
             return
         tool_call = _tool_call_for(body)
         if tool_call is not None:
@@ -196,7 +203,7 @@ class FakeUpstream:
                 send, completion_id, created, model, words, finish_reason, usage, include_usage
             )
             return
-        await _send_json(
+        await send_json(
             send,
             200,
             {
@@ -251,7 +258,7 @@ class FakeUpstream:
                 '  File "/srv/provider/app/server.py", line 12, in handle\n'
                 "    raise KeyError(key)\nKeyError: 'sk-provider-internal-abcdefgh'"
             )
-            await _send_error(send, 500, trace, "server_error")
+            await send_error(send, 500, trace, "server_error")
             return True
         elif model == "not-json":
             headers = [(b"content-type", b"application/json")]
@@ -261,7 +268,7 @@ class FakeUpstream:
         elif model == "error-200":
             error = {"error": {"message": "quota exceeded", "type": "insufficient_quota", "code": "quota"}}
             if not stream:
-                await _send_json(send, 200, error)
+                await send_json(send, 200, error)
                 return True
         elif model.startswith("flood-") and stream:
             await self._flood(send, receive, int(model.removeprefix("flood-")))
@@ -270,7 +277,7 @@ class FakeUpstream:
             return False
         envelope = {"id": "chatcmpl-bad", "created": int(time.time()), "model": model}
         if not stream:
-            await _send_json(send, 200, {**envelope, "object": "chat.completion", "choices": [
+            await send_json(send, 200, {**envelope, "object": "chat.completion", "choices": [
                 {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
             ], "usage": usage})  # fmt: skip
             return True
@@ -278,7 +285,7 @@ class FakeUpstream:
         await send({"type": "http.response.start", "status": 200, "headers": headers})
 
         async def event(payload: dict[str, Any]) -> None:
-            await send({"type": "http.response.body", "body": _sse(payload), "more_body": True})
+            await send({"type": "http.response.body", "body": sse(payload), "more_body": True})
 
         if model == "error-200":
             await event({"error": {"message": "quota exceeded", "type": "insufficient_quota"}})
@@ -318,12 +325,12 @@ class FakeUpstream:
                 if record["reader_hung_up"]:
                     return
                 choice = {"index": 0, "delta": {"content": piece}, "finish_reason": None}
-                chunk = _sse({**base, "choices": [choice]})
+                chunk = sse({**base, "choices": [choice]})
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 record["sent"] += 1
             done = {"index": 0, "delta": {}, "finish_reason": "stop"}
             await send(
-                {"type": "http.response.body", "body": _sse({**base, "choices": [done]}), "more_body": True}
+                {"type": "http.response.body", "body": sse({**base, "choices": [done]}), "more_body": True}
             )
             await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
             # Socket buffers may have taken it all: keep watching, a reader that closes early still shows.
@@ -342,7 +349,7 @@ class FakeUpstream:
         if not body.get("stream"):
             message = {"role": "assistant", "content": None, "tool_calls": [call]}
             choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": "tool_calls"}
-            await _send_json(send, 200, {**envelope, "object": "chat.completion", "choices": [choice],
+            await send_json(send, 200, {**envelope, "object": "chat.completion", "choices": [choice],
                                          "usage": usage})  # fmt: skip
             return
         headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
@@ -361,10 +368,10 @@ class FakeUpstream:
         for delta, finish in deltas:
             choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
             chunk = {**envelope, "object": "chat.completion.chunk", "choices": [choice]}
-            await send({"type": "http.response.body", "body": _sse(chunk), "more_body": True})
+            await send({"type": "http.response.body", "body": sse(chunk), "more_body": True})
         if (body.get("stream_options") or {}).get("include_usage"):
             chunk = {**envelope, "object": "chat.completion.chunk", "choices": [], "usage": usage}
-            await send({"type": "http.response.body", "body": _sse(chunk), "more_body": True})
+            await send({"type": "http.response.body", "body": sse(chunk), "more_body": True})
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
 
     async def _stream(
@@ -394,7 +401,7 @@ class FakeUpstream:
             }
             if include_usage:
                 payload["usage"] = usage_value
-            return {"type": "http.response.body", "body": _sse(payload), "more_body": True}
+            return {"type": "http.response.body", "body": sse(payload), "more_body": True}
 
         await send(chunk({"role": "assistant", "content": ""}, None))
         for i, piece in enumerate(_join(words)):
@@ -421,50 +428,6 @@ def _tool_call_for(body: dict[str, Any]) -> dict[str, Any] | None:
     name = str((tools[0].get("function") or {}).get("name", ""))
     return {"id": f"call_fake{time.monotonic_ns()}", "type": "function",
             "function": {"name": name, "arguments": arguments}}  # fmt: skip
-
-
-def _model_card(model_id: str) -> dict[str, Any]:
-    return {"id": model_id, "object": "model", "created": 0, "owned_by": "fake-upstream"}
-
-
-def _sse(payload: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
-
-
-async def _read_body(receive: Receive) -> bytes:
-    parts = []
-    while True:
-        message = await receive()
-        parts.append(message.get("body", b""))
-        if not message.get("more_body"):
-            return b"".join(parts)
-
-
-async def _send_json(
-    send: Send, status: int, payload: dict[str, Any], extra_headers: list[tuple[bytes, bytes]] = ()
-) -> None:
-    body = json.dumps(payload).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    headers += list(extra_headers)
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
-async def _send_error(
-    send: Send, status: int, message: str, error_type: str, headers: list[tuple[bytes, bytes]] = ()
-) -> None:
-    error = {"message": message, "type": error_type, "param": None, "code": str(status)}
-    await _send_json(send, status, {"error": error}, headers)
-
-
-async def _lifespan(receive: Receive, send: Send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
 
 
 class FakeUpstreamProcess:

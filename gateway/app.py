@@ -218,14 +218,11 @@ def _secrets(settings: Settings) -> list[str]:
     return keys + env_secrets()
 
 
-class ClientStalled(Exception):
-    """A streaming client took nothing for `stream_write_timeout_s`: the stream is dropped."""
-
-
 class GatewayHeaders:
     """Pure ASGI middleware, the one place every response passes: the request's start time, the
     route/overhead headers on every response (errors included), every body through the scrubber
-    (gateway/api/scrub.py), a write timeout for streams, and a JSON 500 instead of a traceback."""
+    (gateway/api/scrub.py), and a JSON 500 instead of a traceback. Streams watch their own client
+    (gateway/api/streaming.py: RelayResponse)."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -238,7 +235,6 @@ class GatewayHeaders:
         scope["promptintern.started"] = started
         gateway: Gateway | None = getattr(scope["app"].state, "gateway", None) if "app" in scope else None
         scrubber = gateway.scrubber if gateway is not None else _NO_SECRETS
-        write_timeout_s = gateway.settings.stream_write_timeout_s if gateway is not None else None
         response_started = False
         held: dict | None = None  # the start message, sent with the first body (its length may change)
         is_error = False
@@ -268,17 +264,7 @@ class GatewayHeaders:
                 if cleaned is not body and not message.get("more_body"):
                     start["headers"] = _with_length(start["headers"], len(cleaned))
                 await send(start)
-            if not message.get("more_body") or write_timeout_s is None:
-                await send({**message, "body": cleaned})
-                return
-            try:  # a stream: a client that reads nothing must not hold the upstream stream open forever
-                async with asyncio.timeout(write_timeout_s):
-                    await send({**message, "body": cleaned})
-            except TimeoutError:
-                raise ClientStalled() from None
-            # After a disconnect uvicorn's send returns at once: yield, so the disconnect is noticed and the
-            # stream cancelled, rather than relaying buffered upstream data to nobody and logging a 200.
-            await asyncio.sleep(0)
+            await send({**message, "body": cleaned} if cleaned is not body else message)
 
         try:
             if scope["method"] == "POST" and scope["path"] in CHAT_PATHS:
@@ -289,9 +275,6 @@ class GatewayHeaders:
                 await response(scope, receive, send_with_headers)
             else:
                 await self.app(scope, receive, send_with_headers)
-        except ClientStalled:
-            log.warning("dropped a stream on %s: the client read nothing for %ss", scope.get("path"),
-                        write_timeout_s)  # fmt: skip
         except Exception as exc:
             log.error("unexpected %s on %s %s", type(exc).__name__, scope.get("method"), scope.get("path"))
             if response_started:

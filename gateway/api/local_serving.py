@@ -32,7 +32,7 @@ from gateway.accounting.pricing import Usage
 from gateway.api.errors import GatewayError
 from gateway.api.exchange import Exchange, log_exchange, log_unavailable, usage_from
 from gateway.api.schemas import ChatCompletionRequest
-from gateway.api.streaming import ClosingStreamingResponse, log_client_gone, sse
+from gateway.api.streaming import RelayResponse, log_client_gone, sse
 from gateway.local.backend import LocalDelta, LocalResult
 from gateway.local.confidence import DEFAULT_SIGNAL, confidence
 from gateway.routing.agreement import agreement
@@ -69,9 +69,7 @@ async def serve_local(
                 return None
             relay = LocalStream(gateway, exchange, request, route, upstream, body)
             headers = {**exchange.headers(), "cache-control": "no-cache"}
-            return ClosingStreamingResponse(
-                relay.run(deltas, stream), media_type="text/event-stream", headers=headers
-            )
+            return RelayResponse(relay.run(deltas, stream), headers, gateway.settings.stream_write_timeout_s)
         result = await backend.chat(route.model_id, route.gguf_path, decision.local_messages, params)
     except Exception as exc:  # LocalError, or anything else: the client must not see it
         wasted = time.perf_counter() - started

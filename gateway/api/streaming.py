@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 
 from gateway.api.errors import GatewayError
 from gateway.api.exchange import Exchange, log_exchange, log_unavailable, usage_from
@@ -23,19 +24,82 @@ from gateway.state import Gateway
 from gateway.upstream.client import Chunk, UpstreamError
 from gateway.upstream.validate import answer_chars, check_chunk, too_large
 
+log = logging.getLogger("promptintern.gateway")
 
-class ClosingStreamingResponse(StreamingResponse):
-    """A StreamingResponse that closes its generator however the response ends (client gone, client
-    stalled, error), so the relay's cleanup (log the row, close the upstream stream) runs right away
-    rather than whenever the garbage collector finds the suspended generator."""
+
+class RelayResponse:
+    """The SSE response of a relayed stream, as a plain ASGI callable: one watcher task per stream instead
+    of Starlette's task group, and no per-chunk timer (both were most of a stream's CPU under load).
+
+    - The client goes away: the watcher sees `http.disconnect` and cancels the stream at once, even while
+      it waits on the backend.
+    - The client stops reading: a send blocked for `write_timeout_s` cancels the stream, so the backend
+      stream is not held open forever.
+    Either way the generator is closed right away, so the relay's cleanup (log the row, close the backend
+    stream) runs now rather than whenever the garbage collector finds it.
+    """
+
+    def __init__(
+        self, chunks: AsyncIterator[bytes], headers: dict[str, str], write_timeout_s: float | None
+    ) -> None:
+        self.chunks = chunks
+        self.headers = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+        self.headers.append((b"content-type", b"text/event-stream; charset=utf-8"))
+        self.write_timeout_s = write_timeout_s
+        self._sending_since: float | None = None  # loop time of a send not yet returned
+        self._stalled = False
+        self._finished = False  # past the last send: a disconnect now is the normal end
+        self._timer: asyncio.TimerHandle | None = None
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        watcher = loop.create_task(_disconnect(receive))
+        watcher.add_done_callback(lambda w: w.cancelled() or self._finished or task.cancel())
+        if self.write_timeout_s:
+            self._timer = loop.call_later(self.write_timeout_s, self._check_stall, task)
         try:
-            await super().__call__(scope, receive, send)
+            await send({"type": "http.response.start", "status": 200, "headers": self.headers})
+            async for chunk in self.chunks:
+                self._sending_since = loop.time()
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                self._sending_since = None
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except asyncio.CancelledError:
+            if not (self._stalled or (watcher.done() and not watcher.cancelled())):
+                raise  # cancelled from outside (shutdown): not ours to swallow
+            task.uncancel()
+            if self._stalled:
+                log.warning("dropped a stream on %s: the client read nothing for %ss", scope.get("path"),
+                            self.write_timeout_s)  # fmt: skip
         finally:
-            aclose = getattr(self.body_iterator, "aclose", None)
+            self._finished = True
+            watcher.cancel()
+            if self._timer is not None:
+                self._timer.cancel()
+            aclose = getattr(self.chunks, "aclose", None)
             if aclose is not None:
                 await aclose()
+
+    def _check_stall(self, task: asyncio.Task) -> None:
+        """A timer per stream, re-armed for when the send in progress (if any) would be too slow."""
+        assert self.write_timeout_s is not None
+        if self._finished:
+            return
+        loop = asyncio.get_running_loop()
+        since, now = self._sending_since, loop.time()
+        if since is not None and now - since >= self.write_timeout_s:
+            self._stalled = True
+            task.cancel()
+            return
+        due = (since if since is not None else now) + self.write_timeout_s
+        self._timer = loop.call_at(due, self._check_stall, task)
+
+
+async def _disconnect(receive: Any) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 def sse(payload: dict[str, Any]) -> bytes:
@@ -59,7 +123,7 @@ async def stream_response(
     first, rest = await gateway.upstream.open_stream(exchange.backend, upstream_body, exchange.timing)
     relay = StreamRelay(gateway, exchange, include_usage)
     headers = {**exchange.headers(), "cache-control": "no-cache"}  # overhead so far; the log has the total
-    return ClosingStreamingResponse(relay.run(first, rest), media_type="text/event-stream", headers=headers)
+    return RelayResponse(relay.run(first, rest), headers, gateway.settings.stream_write_timeout_s)
 
 
 class StreamRelay:

@@ -120,7 +120,16 @@ def content_hash(
         separators=(",", ":"),
     )
     # surrogatepass: a lone surrogate a client sent must not make hashing its request fail.
-    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
+    data = canonical.encode("utf-8", "surrogatepass")
+    digest = hashlib.sha256()
+    # hashlib lets go of the GIL for inputs over 2 KiB; on the event loop that hands it to the log writer's
+    # thread and the loop waits up to a switch interval (5 ms) to get it back: hash in smaller pieces.
+    for start in range(0, len(data), _NO_GIL_RELEASE):
+        digest.update(data[start : start + _NO_GIL_RELEASE])
+    return digest.hexdigest()
+
+
+_NO_GIL_RELEASE = 2047  # hashlib keeps the GIL for updates up to this many bytes
 
 
 def json_text(value: Any, *, yielding: bool = False, **options: Any) -> str:
@@ -197,14 +206,17 @@ class LogWriter:
     def submit(self, row: dict[str, Any]) -> Future[None]:
         """Queue a row; the returned future resolves once it is committed (or fails with the DB error)."""
         future: Future[None] = Future()
+        self._enqueue(row, future)
+        return future
+
+    def _enqueue(self, row: dict[str, Any], future: Future[None] | _LoopFuture) -> None:
         try:
             stored = storable_row(row, GATEWAY_COLUMNS, self.max_field_bytes, self.secrets)
         except Exception as exc:  # storable_row copes with any value; this is a last resort
             future.set_exception(exc)
-            return future
+            return
         self._queue.put((tuple(stored[column] for column in STORED_COLUMNS), future))
         self._ensure_running()
-        return future
 
     def submit_update(
         self, request_id: str, set_columns: dict[str, Any], add_columns: dict[str, float] | None = None
@@ -216,10 +228,17 @@ class LogWriter:
         return future
 
     async def write(self, row: dict[str, Any], timeout_s: float | None = None) -> None:
-        """Queue a row and wait until it is committed; LogTimeout after `timeout_s` (the row stays queued)."""
-        future = asyncio.wrap_future(self.submit(row))
+        """Queue a row and wait until it is committed; LogTimeout after `timeout_s` (the row stays queued).
+
+        The writer thread settles an asyncio future directly: one event-loop hop from the commit to the
+        waiting request, where wrap_future + shield + wait_for took four (about 20 ms under load).
+        """
+        loop = asyncio.get_running_loop()
+        committed: asyncio.Future[None] = loop.create_future()
+        self._enqueue(row, _LoopFuture(loop, committed))
         try:
-            await asyncio.wait_for(asyncio.shield(future), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await committed  # on timeout it is cancelled; the row stays queued and lands later
         except TimeoutError:
             raise LogTimeout(f"request log commit took over {timeout_s:g} s") from None
 
@@ -373,7 +392,38 @@ class LogWriter:
         self.last_error = None
 
 
-def _resolve(future: Future[None], error: BaseException | None) -> None:
+class _LoopFuture:
+    """An asyncio future as the writer thread sees it: settled through the loop's thread-safe queue."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[None]) -> None:
+        self.loop = loop
+        self.future = future
+
+    def done(self) -> bool:
+        return self.future.done()
+
+    def set_result(self, result: None) -> None:
+        self._settle(None)
+
+    def set_exception(self, error: BaseException) -> None:
+        self._settle(error)
+
+    def _settle(self, error: BaseException | None) -> None:
+        def settle() -> None:
+            if self.future.done():  # the request stopped waiting (timeout, cancelled)
+                return
+            if error is None:
+                self.future.set_result(None)
+            else:
+                self.future.set_exception(error)
+
+        try:
+            self.loop.call_soon_threadsafe(settle)
+        except RuntimeError:  # the loop is closed: nobody is waiting
+            pass
+
+
+def _resolve(future: Future[None] | _LoopFuture, error: BaseException | None) -> None:
     if future.done():
         return
     if error is None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import sqlite3
 import threading
 import time
@@ -103,6 +105,18 @@ def test_content_hash_is_canonical():
     b = content_hash([{"content": "x", "role": "user"}], {"max_tokens": 5, "temperature": 0}, "y")
     assert a == b and len(a) == 64
     assert a != content_hash([{"role": "user", "content": "x"}], {"temperature": 0, "max_tokens": 5}, "z")
+
+
+def test_content_hash_of_a_long_request_is_the_sha256_of_its_canonical_json():
+    # Hashed in pieces (hashlib keeps the GIL under 2 KiB): the digest must be the whole text's.
+    messages = [{"role": "system", "content": "é" * 5000}, {"role": "user", "content": "x" * 3001}]
+    canonical = json.dumps(
+        {"messages": messages, "params": {}, "response": "y"},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    assert content_hash(messages, {}, "y") == hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def test_rows_no_database_would_take_are_stored_with_a_note(writer):

@@ -198,6 +198,10 @@ def main() -> None:
     parser.add_argument("--quants", default="f16,q8_0,q4_1")
     long = parser.add_argument_group("--long: the Banking77 long-template case, on the default config")
     long.add_argument("--long", action="store_true")
+    long.add_argument(
+        "--dataset", default="banking77", choices=["banking77", "nl2bash", "conala", "tldr"],
+        help="the app's dataset (default banking77)",
+    )  # fmt: skip
     long.add_argument("--budget-min", type=float, default=30.0, help="the job's budget (minutes)")
     long.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     long.add_argument("--eval-requests", type=int, default=50, help="held-out requests of the cache test")

@@ -12,8 +12,15 @@ default configuration:
 3. The whole default job (`internalizer.job.internalize`) within `--budget-min`, with held-out accuracy
    (exact label match) of the query-only model against the base model given the full prompt.
 
-Writes benchmarks/results/internalize_long.{json,md}. Run through benchmarks/internalize.py:
+`--dataset nl2bash|conala|tldr` builds the same kind of app on another dataset (its instructions, 3 fixed
+examples, the user's request; the logged answer is the reference) and runs the same default job on it.
+
+Writes benchmarks/results/internalize_long.{json,md} (internalize_<dataset>.* for another dataset), and
+internalize_datasets.md, the default job on every dataset that has results. Run through
+benchmarks/internalize.py:
   .venv/bin/python benchmarks/internalize.py --long --requests 500 --budget-min 30
+  .venv/bin/python benchmarks/internalize.py --long --dataset nl2bash --requests 500 --budget-min 15 \
+      --skip-packing --eval-requests 0
 """
 
 from __future__ import annotations
@@ -51,9 +58,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 N_SHOTS = 3  # fixed examples in the app's prompt: ~900 SmolLM2 tokens in all
 
 
-def log_banking77(db: Any, n: int, seed: int = 0) -> dict[str, Any]:
-    """n requests of the support app, drawn from the train slice; returns the app's description."""
-    task = TASKS["banking77"]
+def log_app(db: Any, dataset: str, n: int, seed: int = 0) -> dict[str, Any]:
+    """n requests of the dataset's app (instructions, fixed examples, the user's message; the logged answer
+    is the reference), drawn from the train slice; returns the app's description."""
+    task = TASKS[dataset]
     pool = task.load("train")
     shots = fixed_shots(pool, seed=seed, k=N_SHOTS)
     used = {s.input for s in shots}
@@ -73,7 +81,7 @@ def log_banking77(db: Any, n: int, seed: int = 0) -> dict[str, Any]:
             }
         )
     db["requests"].insert_all(rows)
-    return {"n_requests": len(rows), "shots": [asdict(s) for s in shots]}
+    return {"dataset": dataset, "n_requests": len(rows), "shots": [asdict(s) for s in shots]}
 
 
 def packing_comparison(settings: Any, template_id: str, cfg: InternalizeConfig, say: Any) -> dict[str, Any]:
@@ -170,7 +178,8 @@ def eval_reuse(settings: Any, template_id: str, cfg: InternalizeConfig, n: int, 
 def run(args: Any) -> None:
     started = time.perf_counter()
     payload: dict[str, Any] = {
-        "name": args.name or "internalize_long",
+        "name": args.name
+        or ("internalize_long" if args.dataset == "banking77" else f"internalize_{args.dataset}"),
         "command": "python benchmarks/internalize.py " + " ".join(args.argv),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
         f"load average at start {os.getloadavg()[0]:.1f}",
@@ -180,7 +189,7 @@ def run(args: Any) -> None:
         settings = load_settings()
         settings.ensure_home()
         db = open_db(settings.db_path)
-        payload["app"] = log_banking77(db, args.requests)
+        payload["app"] = log_app(db, args.dataset, args.requests)
         (template, *_) = mine(db).templates
         payload["template"] = {"id": template["id"], "n_requests": template["n_requests"]}
         overrides = {"budget_min": args.budget_min, "threads": args.threads}
@@ -212,11 +221,63 @@ def _write(payload: dict[str, Any]) -> None:
     name = payload["name"]
     (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=1, default=str))
     (RESULTS / f"{name}.md").write_text(render(payload))
+    (RESULTS / "internalize_datasets.md").write_text(render_datasets(RESULTS))
+
+
+DATASET_FILES = {
+    "banking77": "internalize_long",
+    "nl2bash": "internalize_nl2bash",
+    "conala": "internalize_conala",
+    "tldr": "internalize_tldr",
+}
+
+
+def render_datasets(results: Path) -> str:
+    """One row per dataset: the default job's plan, time and held-out scores, from each results file."""
+    lines = [
+        "# The default internalization job on every dataset",
+        "",
+        "Same default config for every dataset (only the budget is given); each app's prompt is its",
+        "instructions, 3 fixed examples and the user's message; held-out requests scored against the",
+        "logged answer (exact = the whole answer, chrF = character n-gram F-score, 0-1).",
+        "",
+        "| dataset | requests | tokens per full-prompt record | budget min | planned min | took min | "
+        "stages (records) | internalized exact | chrF | base, query only: exact | chrF | "
+        "base, full prompt: exact | chrF | n |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    commands = []
+    for dataset, stem in DATASET_FILES.items():
+        path = results / f"{stem}.json"
+        if not path.exists():
+            continue
+        payload = json.loads(path.read_text())
+        job = payload.get("job") or {}
+        if "eval_scores" not in job:
+            continue
+        scores, minutes = job["eval_scores"], job["minutes"]
+        first = (job.get("plan") or {}).get("stages", [{}])[0]
+        per_record = round(first["tokens_unpacked"] / first["records"]) if first.get("records") else "-"
+        stages = ", ".join(f"{s['template_ratio']:.0%}:{s['n_records']}" for s in job["stages"])
+
+        def pair(who: str, scores: dict = scores) -> str:
+            s = scores.get(who)
+            return f"{s['exact']:.1%} | {s['chrf']:.3f}" if s else "- | -"
+
+        n = scores.get("internalized", {}).get("n", 0)
+        lines.append(
+            f"| {dataset} | {payload['app']['n_requests']} | {per_record} | {minutes.get('budget')} | "
+            f"{minutes['planned']} | {minutes['actual']} | {stages} | {pair('internalized')} | "
+            f"{pair('base_query_only')} | {pair('base_full_prompt')} | {n:.0f} |"
+        )
+        commands.append(f"- {dataset}: `{payload['command']}` ({payload['machine']})")
+    return "\n".join([*lines, "", "Made by:", "", *commands]) + "\n"
 
 
 def render(payload: dict[str, Any]) -> str:
     lines = [
-        f"# Internalization job, long template (Banking77, {payload['app']['n_requests']} logged requests)",
+        f"# Internalization job, long template ({payload['app'].get('dataset', 'banking77')}, "
+        f"{payload['app']['n_requests']} logged requests)",
         "",
         f"Command: `{payload['command']}`  ",
         f"Machine: {payload['machine']}",

@@ -60,23 +60,24 @@ def generate_answers(
         llm.close()
 
 
-def llama_speed(gguf_path: Path, prompt: list[int], n_generate: int = 8) -> tuple[float, float]:
-    """(prompt tokens/s, generated tokens/s) of llama.cpp on this machine, from one short probe."""
-    llm: Any = open_llama(gguf_path, n_ctx=max(len(prompt) + n_generate + 16, 256))
+def llama_speed(gguf_path: Path, prompt: list[int], max_generate: int = 8) -> tuple[float, float, int]:
+    """(prompt tokens/s, generated tokens/s, answer tokens) of llama.cpp on this machine, from one probe:
+    the model answers the prompt greedily until it stops or reaches `max_generate` tokens."""
+    llm: Any = open_llama(gguf_path, n_ctx=max(len(prompt) + max_generate + 16, 256))
     try:
         started = time.perf_counter()
         llm.eval(prompt)
         prompt_s = time.perf_counter() - started
         started = time.perf_counter()
         generated = 0
-        for _ in llm.generate([], top_k=1, temp=0.0, reset=False):
+        for token in llm.generate([], top_k=1, temp=0.0, reset=False):
             generated += 1
-            if generated >= n_generate:
+            if token == llm.token_eos() or generated >= max_generate:
                 break
         generate_s = time.perf_counter() - started
     finally:
         llm.close()
-    return len(prompt) / max(prompt_s, 1e-6), generated / max(generate_s, 1e-6)
+    return len(prompt) / max(prompt_s, 1e-6), generated / max(generate_s, 1e-6), generated
 
 
 def context_length(base: BaseModel) -> int:
@@ -133,8 +134,10 @@ def evaluate_model(
 def estimate_finish_s(
     base: BaseModel, data: TemplateData, cfg: InternalizeConfig, final: list[Sequence]
 ) -> float:
-    """Seconds of export and evaluation, from a llama.cpp probe of the base model on the longest held-out
-    prompt: every answer as long as the training answers, the query-only base model's up to the cap."""
+    """Seconds of export and evaluation, from a llama.cpp probe of the base model answering the longest
+    held-out prompt: the internalized model's answers as long as the training answers, the base model's
+    with the full prompt as long as its probe answer (it was not taught where to stop: on code prompts it
+    often runs to the cap), the query-only base model's up to the cap."""
     tokenizer = base.tokenizer
     n_eval = max(len(data.eval), 1)
     answer = sum(sum(1 for label in s.labels if label != IGNORE) for s in final) / max(len(final), 1)
@@ -143,16 +146,17 @@ def estimate_finish_s(
     query = sum(map(len, queries)) / n_eval
     full = [prompt_ids(tokenizer, r.messages) for r in data.eval if r.messages]
     if base.gguf_path is not None:
-        prompt_speed, generate_speed = llama_speed(base.gguf_path, max(full or queries, key=len))
-    else:
-        prompt_speed, generate_speed = 200.0, 20.0  # nothing to probe: a 2-core CPU's order of magnitude
+        probe = max(full or queries, key=len)
+        prompt_speed, generate_speed, probe_answer = llama_speed(base.gguf_path, probe, cfg.max_new_tokens)
+    else:  # nothing to probe: a 2-core CPU's order of magnitude
+        prompt_speed, generate_speed, probe_answer = 200.0, 20.0, cfg.max_new_tokens
     evaluate = n_eval * (query / prompt_speed + answer / generate_speed)  # the internalized model
     if base.gguf_path is not None:
         evaluate += n_eval * (query / prompt_speed + cfg.max_new_tokens / generate_speed)
         if cfg.eval_base_reference and len(full) == len(data.eval):
             shared = len(os.path.commonprefix(full))  # evaluated once: the cache keeps it
             rest = sum(len(f) - shared for f in full)
-            evaluate += (shared + rest) / prompt_speed + n_eval * answer / generate_speed
+            evaluate += (shared + rest) / prompt_speed + n_eval * max(answer, probe_answer) / generate_speed
     n_params = sum(p.numel() for p in base.model.parameters())
     # Export writes the GGUF and checks it: greedy answers from torch (slower) and llama.cpp.
     export = n_params / EXPORT_PARAMS_PER_S + 4 * cfg.verify_samples * answer / generate_speed

@@ -149,11 +149,15 @@ class StreamRelay:
         exchange = self.exchange
         error: GatewayError | None = None
         chunk: Chunk | None = first
+        burst: list[bytes] = []  # chunks of one network read, sent to the client in one write
         try:
             while chunk is not None:
                 out = self._take(chunk)
                 if out is not None:
-                    yield out
+                    burst.append(out)
+                if burst and not chunk.more:
+                    yield b"".join(burst)
+                    burst = []
                 started = time.perf_counter()
                 try:
                     chunk = await anext(rest)
@@ -167,6 +171,8 @@ class StreamRelay:
         except Exception as exc:
             assert exchange.backend is not None
             error = self.gateway.upstream.map_error(exchange.backend, exc)
+        if burst:  # the stream broke inside a burst: what came before the break still goes out
+            yield b"".join(burst)
         exchange.response_text = "".join(self.pieces)
         if error is not None:
             self.logged = True  # log_exchange queues the row before its first suspension

@@ -16,7 +16,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
-import aiohttp.http_exceptions
 
 from gateway.settings import Settings, UpstreamModel
 from gateway.upstream.errors import (
@@ -113,23 +112,31 @@ class DirectTransport:
                 if resp.status >= 400:
                     raise self._status_error(resp, await self._read_capped(resp))
                 size, finished = 0, False
-                async for line in _lines(resp):
-                    size += len(line)
-                    if size > self.max_bytes:
-                        raise too_large(self.max_bytes)
-                    if not line.startswith(b"data:"):
-                        continue  # blank separators, comments, `event:` lines
-                    data = line[5:].strip()
-                    if data == b"[DONE]":
+                async for lines in _line_batches(resp):
+                    events: list[bytes] = []
+                    done = False
+                    for line in lines:
+                        size += len(line)
+                        if size > self.max_bytes:
+                            raise too_large(self.max_bytes)
+                        if not line.startswith(b"data:"):
+                            continue  # blank separators, comments, `event:` lines
+                        data = line[5:].strip()
+                        if data == b"[DONE]":
+                            done = True
+                            break
+                        events.append(data)
+                    for i, data in enumerate(events):
+                        try:
+                            parsed = json.loads(data)
+                        except (ValueError, RecursionError):
+                            raise bad_reply("a stream chunk that is not JSON") from None
+                        if not isinstance(parsed, dict):
+                            raise bad_reply("a stream chunk that is not a JSON object")
+                        finished = finished or _has_finish(parsed)
+                        yield Chunk(parsed, b"data: " + data + b"\n\n", more=i < len(events) - 1)
+                    if done:
                         return
-                    try:
-                        parsed = json.loads(data)
-                    except (ValueError, RecursionError):
-                        raise bad_reply("a stream chunk that is not JSON") from None
-                    if not isinstance(parsed, dict):
-                        raise bad_reply("a stream chunk that is not a JSON object")
-                    finished = finished or _has_finish(parsed)
-                    yield Chunk(parsed, b"data: " + data + b"\n\n")
                 if not finished:  # the connection closed with neither a finish_reason nor [DONE]
                     raise truncated_stream()
         except UpstreamError:
@@ -159,16 +166,28 @@ class DirectTransport:
         return internal_error(exc)  # raised here, not by the upstream
 
 
-async def _lines(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
-    """The stream's lines; one longer than aiohttp's line buffer (2 x read_bufsize) is a too-large event."""
-    try:
-        async for line in resp.content:
-            yield line
-    except (ValueError, aiohttp.http_exceptions.LineTooLong):  # "Chunk too big" / "Got more than N bytes"
-        raise UpstreamError(
-            502, "Upstream sent a stream event larger than the gateway reads (2 MiB).",
-            code="upstream_too_large", retryable=False,
-        ) from None  # fmt: skip
+async def _line_batches(resp: aiohttp.ClientResponse) -> AsyncIterator[list[bytes]]:
+    """The stream's complete lines, as they arrive: all those of one network read together (a burst of
+    events is relayed in one write). A line longer than MAX_EVENT_BYTES is a too-large event."""
+    tail = b""
+    while True:
+        data = await resp.content.readany()
+        if not data:
+            break
+        lines = (tail + data).split(b"\n")
+        tail = lines.pop()
+        if len(tail) > MAX_EVENT_BYTES:
+            raise UpstreamError(
+                502, "Upstream sent a stream event larger than the gateway reads (2 MiB).",
+                code="upstream_too_large", retryable=False,
+            )  # fmt: skip
+        if lines:
+            yield [line + b"\n" for line in lines]
+    if tail:
+        yield [tail]
+
+
+MAX_EVENT_BYTES = 2 * 2**20  # twice the session's read buffer, as aiohttp's own line reader allowed
 
 
 def _has_finish(chunk: dict[str, Any]) -> bool:

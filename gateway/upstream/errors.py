@@ -63,10 +63,12 @@ class Reply:
 
 @dataclass
 class Chunk:
-    """One streamed chunk: the dict, plus its exact `data: ...` SSE bytes when the transport has them."""
+    """One streamed chunk: the dict, plus its exact `data: ...` SSE bytes when the transport has them.
+    `more`: another chunk of the same network read follows at once (the relay sends them in one write)."""
 
     body: dict[str, Any]
     raw: bytes | None = None
+    more: bool = False
 
 
 def error_for_status(

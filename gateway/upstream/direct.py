@@ -83,13 +83,7 @@ class DirectTransport:
             raise self.map_error(exc) from None
         finally:
             timing.backend_s += time.perf_counter() - started
-        try:
-            parsed = json.loads(content)
-        except (ValueError, RecursionError):
-            raise bad_reply("a response that is not JSON") from None
-        if not isinstance(parsed, dict):
-            raise bad_reply("a response that is not a JSON object")
-        return Reply(parsed, content)
+        return Reply(_json_object(content, "a response"), content)
 
     async def _read_capped(self, resp: aiohttp.ClientResponse) -> bytes:
         """The body, refusing more than `max_bytes` (a 50 MB answer must not become a 50 MB row)."""
@@ -127,12 +121,7 @@ class DirectTransport:
                             break
                         events.append(data)
                     for i, data in enumerate(events):
-                        try:
-                            parsed = json.loads(data)
-                        except (ValueError, RecursionError):
-                            raise bad_reply("a stream chunk that is not JSON") from None
-                        if not isinstance(parsed, dict):
-                            raise bad_reply("a stream chunk that is not a JSON object")
+                        parsed = _json_object(data, "a stream chunk")
                         finished = finished or _has_finish(parsed)
                         yield Chunk(parsed, b"data: " + data + b"\n\n", more=i < len(events) - 1)
                     if done:
@@ -188,6 +177,16 @@ async def _line_batches(resp: aiohttp.ClientResponse) -> AsyncIterator[list[byte
 
 
 MAX_EVENT_BYTES = 2 * 2**20  # twice the session's read buffer, as aiohttp's own line reader allowed
+
+
+def _json_object(data: bytes, what: str) -> dict[str, Any]:
+    try:
+        parsed = json.loads(data)
+    except (ValueError, RecursionError):
+        raise bad_reply(f"{what} that is not JSON") from None
+    if not isinstance(parsed, dict):
+        raise bad_reply(f"{what} that is not a JSON object")
+    return parsed
 
 
 def _has_finish(chunk: dict[str, Any]) -> bool:

@@ -43,7 +43,7 @@ from gateway.settings import load_settings  # noqa: E402
 from gateway.templates.query_format import query_only_messages  # noqa: E402
 from internalizer.base import load_base, resolve_base_path  # noqa: E402
 from internalizer.config import load_config, parse_overrides  # noqa: E402
-from internalizer.dataset import load_template_data, prompt_ids  # noqa: E402
+from internalizer.dataset import load_for_job, prompt_ids  # noqa: E402
 from internalizer.export import verify  # noqa: E402
 from internalizer.gguf_io import write_from_base, write_from_scratch  # noqa: E402
 from internalizer.job import internalize  # noqa: E402
@@ -105,15 +105,7 @@ def quant_sizes(settings, result, cfg, quants: list[str]) -> list[dict]:
     base = load_base(resolve_base_path(settings, cfg.base_model))
     final_stage = Path(result.run_dir) / f"stage-{len(result.stages)}"
     merged = PeftModel.from_pretrained(base.model, final_stage).merge_and_unload().eval()
-    data = load_template_data(
-        open_db(settings.db_path),
-        result.template_id,
-        min_requests=cfg.min_requests,
-        eval_fraction=cfg.eval_fraction,
-        min_eval=cfg.min_eval,
-        max_eval=cfg.max_eval,
-        max_train=cfg.max_train,
-    )
+    data = load_for_job(open_db(settings.db_path), result.template_id, cfg)
     prompts = [prompt_ids(base.tokenizer, query_only_messages(r.slots)) for r in data.eval[:8]]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -43,7 +43,7 @@ from gateway.log.store import open_db
 from gateway.settings import load_settings
 from internalizer.base import load_base, resolve_base_path
 from internalizer.config import InternalizeConfig, load_config
-from internalizer.dataset import Example, load_template_data
+from internalizer.dataset import Example, load_for_job
 from internalizer.heldout import context_length, generate_answers, n_ctx_for
 from internalizer.job import internalize
 from internalizer.mine import mine
@@ -87,14 +87,7 @@ def log_app(db: Any, dataset: str, n: int, seed: int = 0) -> dict[str, Any]:
 def packing_comparison(settings: Any, template_id: str, cfg: InternalizeConfig, say: Any) -> dict[str, Any]:
     """Tokens per epoch and seconds per stage of the default stages, with and without the shared prefix."""
     db = open_db(settings.db_path)
-    data = load_template_data(
-        db,
-        template_id,
-        min_requests=cfg.min_requests,
-        eval_fraction=cfg.eval_fraction,
-        min_eval=cfg.min_eval,
-        max_eval=cfg.max_eval,
-    )
+    data = load_for_job(db, template_id, cfg)
     base = load_base(resolve_base_path(settings, cfg.base_model))
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -152,14 +145,7 @@ def packing_comparison(settings: Any, template_id: str, cfg: InternalizeConfig, 
 
 def eval_reuse(settings: Any, template_id: str, cfg: InternalizeConfig, n: int, say: Any) -> dict[str, Any]:
     """Seconds for the base model to answer n held-out requests with the full prompt: reset vs prefix kept."""
-    data = load_template_data(
-        open_db(settings.db_path),
-        template_id,
-        min_requests=cfg.min_requests,
-        eval_fraction=cfg.eval_fraction,
-        min_eval=cfg.min_eval,
-        max_eval=cfg.max_eval,
-    )
+    data = load_for_job(open_db(settings.db_path), template_id, cfg)
     base = load_base(resolve_base_path(settings, cfg.base_model))
     conversations = [r.messages for r in data.eval[:n]]
     n_ctx = n_ctx_for(conversations, base.tokenizer, cfg, context_length(base))

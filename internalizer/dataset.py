@@ -14,11 +14,14 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlite_utils
 
 from gateway.templates.query_format import query_only_messages
+
+if TYPE_CHECKING:
+    from internalizer.config import InternalizeConfig
 
 ROLE_HEADER = re.compile(r"^\[(system|user|assistant)\]\s*$", re.MULTILINE)
 MARKER = re.compile(r"\{\{([A-Za-z_][A-Za-z0-9_]*)\}\}")
@@ -177,6 +180,22 @@ def split_records(
     if max_train:
         train = train[:max_train]
     return train, held_out
+
+
+def load_for_job(
+    db: sqlite_utils.Database, template_id: str, cfg: InternalizeConfig, labels_path: Path | None = None
+) -> TemplateData:
+    """The template's records, split as the job's config says (its minimum, held-out share and caps)."""
+    return load_template_data(
+        db,
+        template_id,
+        min_requests=cfg.min_requests,
+        eval_fraction=cfg.eval_fraction,
+        min_eval=cfg.min_eval,
+        max_eval=cfg.max_eval,
+        max_train=cfg.max_train,
+        labels_path=labels_path,
+    )
 
 
 def load_template_data(

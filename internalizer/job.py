@@ -30,8 +30,8 @@ from internalizer.dataset import (
     Example,
     Record,
     TemplateData,
+    load_for_job,
     load_queries,
-    load_template_data,
     prompt_ids,
     render_stage_messages,
 )
@@ -97,16 +97,7 @@ def internalize(
         clock = now
 
     # 1. Dataset: records, deterministic split.
-    data = load_template_data(
-        db,
-        template_id,
-        min_requests=cfg.min_requests,
-        eval_fraction=cfg.eval_fraction,
-        min_eval=cfg.min_eval,
-        max_eval=cfg.max_eval,
-        max_train=cfg.max_train,
-        labels_path=labels_path,
-    )
+    data = load_for_job(db, template_id, cfg, labels_path)
     queries = load_queries(queries_path) if queries_path else []
     if queries and not cfg.distills:
         raise DatasetError("--queries needs a teacher to answer them: set -o distill_alpha below 1")

@@ -47,7 +47,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from benchmarks.paper_cost import PriceModel, load_price_model  # noqa: E402
-from benchmarks.paper_tasks import DATA_ROOT, TASKS, Record  # noqa: E402
+from benchmarks.paper_tasks import TASKS, Record  # noqa: E402
 from benchmarks.paper_train import OverBudget, Trainer, query_only_spec  # noqa: E402
 from benchmarks.selective_report import fmt_or_na, write_markdown, write_plot  # noqa: E402
 from gateway.local.confidence import SIGNALS, confidence  # noqa: E402
@@ -63,7 +63,6 @@ from internalizer.calibrate import ScoredAnswer, auroc, generate_scored, item_ag
 from internalizer.config import InternalizeConfig  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-SHARED_BANKING77 = Path("/work/shared/data/banking77")
 TARGETS = (0.8, 0.9, 0.95)
 LEVEL = 0.95  # one-sided confidence of the bound, as the gate's default
 MIN_COVERAGE = 0.0  # report every threshold found; the gate's activation minimum is a separate setting
@@ -128,25 +127,8 @@ class App:
 
 
 def load_app(name: str) -> App:
-    if name == "banking77" and "banking77" not in TASKS:  # the paper task is not there yet: the shared data
-        root = DATA_ROOT / "banking77" if (DATA_ROOT / "banking77").is_dir() else SHARED_BANKING77
-        labels = json.loads((root / "labels.json").read_text())
-        instructions = (
-            "You are the message router of a bank's in-app support chat. Classify the customer's message "
-            "into exactly one of the intents below and reply with the intent name only, exactly as written, "
-            "with no explanation.\n\nIntents:\n"
-            + "\n".join(f"- {label}" for label in labels)
-            + "\n\nThe examples below show messages from other customers and the intent expected."
-        )
-        train, dev = (_jsonl(root / f"{split}.jsonl", "text", "label") for split in ("train", "dev"))
-        return App(name, instructions, train, dev)
     task = TASKS[name]
     return App(name, task.instructions, task.load("train"), task.load("dev"))
-
-
-def _jsonl(path: Path, query_field: str, target_field: str) -> list[Record]:
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [Record(row["id"], row[query_field], row[target_field]) for row in rows]
 
 
 def split(records: list[Record], n: int, seed: int) -> list[Record]:

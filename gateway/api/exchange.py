@@ -23,7 +23,8 @@ from urllib.parse import urlsplit, urlunsplit
 from gateway.accounting.ledger import Served, Template
 from gateway.accounting.pricing import Usage
 from gateway.api.errors import GatewayError
-from gateway.log.writer import LogTimeout, content_hash, json_text
+from gateway.log.row_text import content_hash, json_text
+from gateway.log.writer import LogTimeout
 from gateway.settings import UpstreamModel
 from gateway.state import Gateway
 from gateway.upstream.client import Timing

@@ -11,8 +11,9 @@ import time
 
 import pytest
 
+from gateway.log.row_text import content_hash
 from gateway.log.store import open_db
-from gateway.log.writer import GATEWAY_COLUMNS, LogTimeout, LogWriter, content_hash
+from gateway.log.writer import GATEWAY_COLUMNS, LogTimeout, LogWriter
 
 
 def make_row(i: int, **extra) -> dict:

@@ -29,7 +29,7 @@ log = logging.getLogger("promptintern.gateway")
 
 class RelayResponse:
     """The SSE response of a relayed stream, as a plain ASGI callable: one watcher task per stream instead
-    of Starlette's task group, and no per-chunk timer (both were most of a stream's CPU under load).
+    of Starlette's task group, and one timer per stream instead of a timeout and a yield per chunk.
 
     - The client goes away: the watcher sees `http.disconnect` and cancels the stream at once, even while
       it waits on the backend.

@@ -90,9 +90,8 @@ _INSERT = (
 _STOP = object()
 _CHECKPOINT = object()  # the loop's commits have grown the WAL: the thread checkpoints it
 MAX_UPDATE_BYTES = 4 * 1024 * 1024
-LOOP_ROW_MAX_BYTES = (
-    256 * 1024
-)  # bigger rows go to the thread: copying them into the WAL would stall the loop
+# Bigger rows go to the thread: copying them into the WAL would stall the loop.
+LOOP_ROW_MAX_BYTES = 256 * 1024
 CHECKPOINT_EVERY_ROWS = 500
 
 
@@ -201,8 +200,7 @@ class LogWriter:
     def _enqueue(self, row: dict[str, Any], future: Future[None] | _LoopFuture) -> None:
         values = self._storable(row, future)
         if values is not None:
-            self._queue.put((values, future))
-            self._ensure_running()
+            self._hand_to_thread([(values, future)])
 
     def _storable(self, row: dict[str, Any], future: Future[None] | _LoopFuture) -> tuple | None:
         try:
@@ -236,8 +234,7 @@ class LogWriter:
                 loop.call_soon(self._commit_loop_batch)  # after everything else ready in this iteration
             self._loop_batch.append((values, future))
         elif values is not None:
-            self._queue.put((values, future))
-            self._ensure_running()
+            self._hand_to_thread([(values, future)])
         try:
             async with asyncio.timeout(timeout_s):
                 await committed  # on timeout it is cancelled; the row stays queued and lands later

@@ -200,6 +200,10 @@ def main() -> None:
     long.add_argument("--skip-packing", action="store_true")
     long.add_argument("--skip-job", action="store_true")
     long.add_argument("--name", default="", help="results file name (default internalize_long)")
+    long.add_argument(
+        "--keep-home", type=Path, default=None,
+        help="run in this home and keep it (the log, the trained model) instead of a temporary one",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.long:
         from benchmarks.internalize_long import run

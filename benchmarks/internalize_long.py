@@ -162,6 +162,8 @@ def eval_reuse(settings: Any, template_id: str, cfg: InternalizeConfig, n: int, 
 
 
 def run(args: Any) -> None:
+    if args.keep_home is not None and args.keep_home.exists():
+        raise SystemExit(f"--keep-home {args.keep_home}: already exists (the run logs into a fresh home)")
     started = time.perf_counter()
     payload: dict[str, Any] = {
         "name": args.name
@@ -171,7 +173,7 @@ def run(args: Any) -> None:
         f"load average at start {os.getloadavg()[0]:.1f}",
     }
     with tempfile.TemporaryDirectory() as tmp:
-        os.environ["PROMPTINTERN_HOME"] = str(Path(tmp) / "home")
+        os.environ["PROMPTINTERN_HOME"] = str(args.keep_home or Path(tmp) / "home")
         settings = load_settings()
         settings.ensure_home()
         db = open_db(settings.db_path)

@@ -241,14 +241,33 @@ def _both_bases(cal, tests, target: float, z: float) -> dict[str, Any]:
     }
 
 
-def run_dataset(name: str, cfg: DatasetConfig, work_dir: Path, budget_s: float, say) -> dict[str, Any]:
+def given_model(gguf: Path) -> tuple[Path, dict[str, Any], Any]:
+    """A model trained elsewhere (the internalization job's export): its path and the base's tokenizer."""
+    from gateway.upstream.base_model import smollm2_gguf_path
+    from internalizer.base import load_base
+
+    if not gguf.is_file():
+        raise SystemExit(f"--model {gguf}: no such file")
+    return (
+        gguf,
+        {"model": gguf.name, "train_seconds": None, "export_seconds": None},
+        load_base(smollm2_gguf_path()).tokenizer,
+    )
+
+
+def run_dataset(
+    name: str, cfg: DatasetConfig, work_dir: Path, budget_s: float, say, model: Path | None = None
+) -> dict[str, Any]:
     """Train (or reuse) the model, answer both dev slices, record every answer: `analyse` does the rest."""
     started = time.perf_counter()
     app = load_app(name)
     dev = split(app.dev, cfg.n_cal + cfg.n_test, seed=1)
     cal_records, test_records = dev[: cfg.n_cal], dev[cfg.n_cal :]
-    say(f"{name}: {cfg.n_train} training requests, {len(cal_records)} calibration + {len(test_records)} test")
-    gguf, trained, tokenizer = train_model(app, cfg, work_dir, budget_s, say)
+    say(f"{name}: {len(cal_records)} calibration + {len(test_records)} test requests")
+    if model is None:
+        gguf, trained, tokenizer = train_model(app, cfg, work_dir, budget_s, say)
+    else:
+        gguf, trained, tokenizer = given_model(model)
     prices = load_price_model("gpt-4o-mini", local_per_hour=0.10)
     up_costs, prefix_tokens, full_tokens = upstream_cost(app, dev, tokenizer, prices)
     say(f"{name}: answering {len(dev)} dev requests with token log-probabilities")
@@ -411,8 +430,16 @@ def main() -> None:
     parser.add_argument(
         "--report-only", action="store_true", help="rewrite the markdown and plot from the JSON, run nothing"
     )
+    parser.add_argument(
+        "--model", type=Path, default=None,
+        help="score this query-only GGUF (e.g. the internalization job's export) instead of training one; "
+        "needs one --dataset; results go to selective_<config>_model.*",
+    )  # fmt: skip
     args = parser.parse_args()
+    if args.model is not None and args.dataset == "all":
+        parser.error("--model needs one --dataset")
     stem = "selective" if args.config == "cpu" else f"selective_{args.config}"
+    stem += "_model" if args.model is not None else ""
     if args.report_only:
         write_outputs(json.loads((RESULTS_DIR / f"{stem}.json").read_text()), stem)
         return
@@ -432,7 +459,7 @@ def main() -> None:
         left = args.budget_min * 60 - (time.perf_counter() - started)
         load_start = os.getloadavg()[0]
         try:
-            result = run_dataset(name, CONFIGS[args.config][name], args.work_dir, left, print)
+            result = run_dataset(name, CONFIGS[args.config][name], args.work_dir, left, print, args.model)
         except OverBudget as exc:
             print(f"{name}: skipped, training would not fit the budget ({exc})", flush=True)
             continue

@@ -68,9 +68,14 @@ def write_markdown(results: dict[str, Any], path: Path, level: float) -> None:
     lines += ["", "## Per dataset", ""]
     for ds in results["datasets"]:
         tr, cfg = ds["trained"], ds["config"]
+        model = (
+            f"the given model `{tr['model']}`"
+            if tr.get("train_seconds") is None
+            else f"{cfg['n_train']} training requests x {cfg['epochs']} epochs "
+            f"({tr['train_seconds']:.0f} s training, {tr['export_seconds']:.0f} s export)"
+        )
         lines.append(
-            f"- {ds['dataset']}: {cfg['n_train']} training requests x {cfg['epochs']} epochs "
-            f"({tr['train_seconds']:.0f} s training, {tr['export_seconds']:.0f} s export); agreement metric "
+            f"- {ds['dataset']}: {model}; agreement metric "
             f"`{cfg['metric']}`; {cfg['n_cal']} calibration / {cfg['n_test']} test "
             f"requests; full prompt {ds['full_prompt_tokens_mean']:.0f} tokens ({ds['cached_prefix_tokens']} "
             f"cached); local answer {1000 * ds['local_seconds_mean']:.0f} ms wall / "

@@ -19,6 +19,7 @@ from gateway.api.exchange import Exchange, log_exchange, log_unavailable, usage_
 from gateway.api.limits import decode_request, read_body
 from gateway.api.local_serving import schedule_shadow, serve_local
 from gateway.api.streaming import stream_response
+from gateway.log.row_text import answer_text
 from gateway.state import Gateway
 from gateway.upstream.errors import Reply
 from gateway.upstream.validate import answer_chars, check_completion, too_large
@@ -67,7 +68,7 @@ async def chat_completions(request: Request, gateway: Gateway) -> Response:
             gateway.settings.max_upstream_response_bytes,
         )
         choices = reply.body.get("choices") or [{}]
-        exchange.response_text = (choices[0].get("message") or {}).get("content")
+        exchange.response_text = answer_text(choices[0].get("message"))
         exchange.finish_reason = choices[0].get("finish_reason")
         exchange.usage = usage_from(reply.body.get("usage"))
         exchange.completion_id = reply.body.get("id") if isinstance(reply.body.get("id"), str) else None

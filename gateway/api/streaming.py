@@ -20,6 +20,7 @@ from fastapi.responses import Response
 
 from gateway.api.errors import GatewayError
 from gateway.api.exchange import Exchange, log_exchange, log_unavailable, usage_from
+from gateway.log.row_text import ToolCallDeltas, answer_text
 from gateway.state import Gateway
 from gateway.upstream.client import Chunk, UpstreamError
 from gateway.upstream.validate import answer_chars, check_chunk, too_large
@@ -132,6 +133,7 @@ class StreamRelay:
         self.exchange = exchange
         self.include_usage = include_usage
         self.pieces: list[str] = []
+        self.tool_calls = ToolCallDeltas()
         self.closing: list[Chunk] = []
         self.envelope: dict[str, Any] = {}  # id/created/model of the stream, for a usage chunk we add
         self.logged = False  # the row has been handed to the writer
@@ -173,7 +175,7 @@ class StreamRelay:
             error = self.gateway.upstream.map_error(exchange.backend, exc)
         if burst:  # the stream broke inside a burst: what came before the break still goes out
             yield b"".join(burst)
-        exchange.response_text = "".join(self.pieces)
+        exchange.response_text = self._answer()
         if error is not None:
             self.logged = True  # log_exchange queues the row before its first suspension
             await log_exchange(self.gateway, exchange, error.status, error)
@@ -204,9 +206,13 @@ class StreamRelay:
         for choice in body.get("choices") or ():
             if choice.get("index", 0) != 0:
                 continue
-            content = (choice.get("delta") or {}).get("content")
+            delta = choice.get("delta") or {}
+            content = delta.get("content")
             if content:
                 self.pieces.append(content)
+                self.exchange.mark_first_token()
+            if delta.get("tool_calls"):
+                self.tool_calls.add(delta["tool_calls"])
                 self.exchange.mark_first_token()
             if choice.get("finish_reason"):
                 self.exchange.finish_reason = choice["finish_reason"]
@@ -216,6 +222,9 @@ class StreamRelay:
             self.closing.append(chunk)
             return None
         return chunk.raw or sse(body)
+
+    def _answer(self) -> str | None:
+        return answer_text({"content": "".join(self.pieces), **self.tool_calls.as_message()})
 
     async def _count_local_tokens(self) -> None:
         """llama.cpp streams carry no usage (litellm then estimates one): count exactly with the GGUF."""

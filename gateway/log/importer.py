@@ -27,6 +27,7 @@ from typing import Any
 import sqlite_utils
 
 from gateway.accounting import savings
+from gateway.log.row_text import answer_text
 from gateway.log.storable import is_count
 from gateway.templates.request_shape import message_text
 
@@ -173,7 +174,7 @@ def _answer_text(message: dict[str, Any], line: int, where: str) -> str:
     if isinstance(content, str | list):
         return message_text(message)
     if content is None:
-        return json.dumps(message["tool_calls"]) if message.get("tool_calls") else ""
+        return answer_text(message) or ""
     raise ImportFileError(
         line, f'"{where}.content" must be {MESSAGE_CONTENT_HINT}, got {_type_name(content)}'
     )

@@ -1,4 +1,5 @@
-"""A request row's JSON text and its content hash (sha256 of the request and the answer, canonical JSON)."""
+"""A request row's JSON text, its answer text and its content hash (sha256 of the request and the answer,
+canonical JSON)."""
 
 from __future__ import annotations
 
@@ -39,3 +40,43 @@ def json_text(value: Any, *, yielding: bool = False, **options: Any) -> str:
     if not yielding:
         return json.dumps(value, ensure_ascii=False, **options)
     return "".join(json.JSONEncoder(ensure_ascii=False, **options).iterencode(value))
+
+
+def answer_text(message: Any) -> str | None:
+    """The logged answer of an assistant message: its text, or, for a tool-calling answer with no text,
+    the JSON of its tool calls (so the log, the dashboard and an export show what the upstream answered)."""
+    if not isinstance(message, dict):
+        return None
+    content = message.get("content")
+    if isinstance(content, str) and content:
+        return content
+    calls = message.get("tool_calls")
+    if isinstance(calls, list) and calls:
+        return json.dumps(calls, ensure_ascii=False)
+    return content if isinstance(content, str) else None
+
+
+class ToolCallDeltas:
+    """A streamed answer's tool calls, put together from their deltas: each call's first delta carries its
+    index, id, type and function name, later ones pieces of its arguments."""
+
+    def __init__(self) -> None:
+        self.calls: dict[int, dict[str, Any]] = {}
+
+    def add(self, deltas: Any) -> None:
+        for delta in deltas if isinstance(deltas, list) else ():
+            if not isinstance(delta, dict):
+                continue
+            index = delta.get("index") if isinstance(delta.get("index"), int) else len(self.calls)
+            call = self.calls.setdefault(index, {"function": {"name": "", "arguments": ""}})
+            for key in ("id", "type"):
+                if isinstance(delta.get(key), str):
+                    call[key] = delta[key]
+            function = delta.get("function") if isinstance(delta.get("function"), dict) else {}
+            for key in ("name", "arguments"):
+                if isinstance(function.get(key), str):
+                    call["function"][key] += function[key]
+
+    def as_message(self) -> dict[str, Any]:
+        """The calls as a non-streamed message holds them (the shape `answer_text` logs)."""
+        return {"tool_calls": [self.calls[index] for index in sorted(self.calls)]}

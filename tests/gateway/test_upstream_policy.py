@@ -117,7 +117,10 @@ def test_tool_calls_through_both_transports(gateway, fake_upstream, suffix):
     forwarded = fake_upstream.received[-1]
     assert forwarded["tools"][0]["function"]["name"] == "run_shell"
     assert not any(key.startswith("_") for key in forwarded)  # nothing of litellm's own leaks upstream
-    assert gateway.row(raw.headers["x-request-id"])["status"] == 200
+    row = gateway.row(raw.headers["x-request-id"])
+    assert row["status"] == 200
+    [logged] = json.loads(row["response"])  # the answer is its tool calls, as the importer keeps them
+    assert logged["function"]["name"] == "run_shell" and logged["id"] == call.id
 
     stream = client.chat.completions.create(
         model="echo" + suffix,
@@ -127,6 +130,9 @@ def test_tool_calls_through_both_transports(gateway, fake_upstream, suffix):
         stream_options={"include_usage": True},
     )
     chunks = list(stream)
+    [logged] = json.loads(gateway.row(stream.response.headers["x-request-id"])["response"])
+    assert json.loads(logged["function"]["arguments"]) == {"text": MESSAGES[0]["content"]}
+    assert logged["function"]["name"] == "run_shell" and logged["type"] == "function"
     pieces = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
     assert pieces[0].function.name == "run_shell"
     arguments = "".join(piece.function.arguments or "" for piece in pieces)

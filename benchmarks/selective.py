@@ -27,6 +27,7 @@ under --work-dir, so a re-run skips training.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -435,6 +436,8 @@ def main() -> None:
         help="score this query-only GGUF (e.g. the internalization job's export) instead of training one; "
         "needs one --dataset; results go to selective_<config>_model.*",
     )  # fmt: skip
+    parser.add_argument("--n-cal", type=int, default=None, help="override the calibration requests")
+    parser.add_argument("--n-test", type=int, default=None, help="override the test requests")
     args = parser.parse_args()
     if args.model is not None and args.dataset == "all":
         parser.error("--model needs one --dataset")
@@ -459,7 +462,10 @@ def main() -> None:
         left = args.budget_min * 60 - (time.perf_counter() - started)
         load_start = os.getloadavg()[0]
         try:
-            result = run_dataset(name, CONFIGS[args.config][name], args.work_dir, left, print, args.model)
+            cfg = CONFIGS[args.config][name]
+            sizes = {"n_cal": args.n_cal, "n_test": args.n_test}
+            cfg = dataclasses.replace(cfg, **{k: v for k, v in sizes.items() if v is not None})
+            result = run_dataset(name, cfg, args.work_dir, left, print, args.model)
         except OverBudget as exc:
             print(f"{name}: skipped, training would not fit the budget ({exc})", flush=True)
             continue

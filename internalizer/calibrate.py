@@ -40,7 +40,10 @@ class ScoredAnswer:
 def generate_scored(
     gguf_path: Path, conversations: Sequence[Sequence[dict[str, str]]], max_tokens: int, n_ctx: int = 4096
 ) -> list[ScoredAnswer]:
-    """Greedy llama.cpp answers with the log-probability of each generated token."""
+    """Greedy llama.cpp answers with the log-probability of each generated token, computed as the
+    gateway's pool serves them: one model for all the conversations, the cache never reset, so each one
+    reuses the prefix it shares with the one before (the chat template's opening) and the measured time
+    per answer is the time serving it costs."""
     if not conversations:
         return []
     from llama_cpp import LogitsProcessorList
@@ -51,7 +54,6 @@ def generate_scored(
     try:
         answers = []
         for messages in conversations:
-            llm.reset()
             recorder = LogprobRecorder()
             started, cpu_started = time.perf_counter(), time.process_time()
             reply = llm.create_chat_completion(

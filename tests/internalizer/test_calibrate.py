@@ -113,19 +113,24 @@ def test_a_llama_cpp_server_reports_the_same_log_probabilities_as_the_pool(tiny_
 
 
 def test_generate_scored_matches_the_pool(tiny_gguf):
-    """The gate scores answers with the same recorder the gateway's pool uses."""
-    [scored] = generate_scored(tiny_gguf, [_messages(QUERIES[1])], max_tokens=12)
+    """The gate scores answers with the same recorder the gateway's pool uses, on a model that answers
+    request after request without a reset, as the pool does (the shared prefix comes from the cache)."""
+    queries = [QUERIES[1], QUERIES[0], QUERIES[1]]
+    scored = generate_scored(tiny_gguf, [_messages(q) for q in queries], max_tokens=12)
 
     async def run():
         pool = LlamaPool(n_threads=1, timeout_s=60)
         try:
-            return await pool.chat("tiny", str(tiny_gguf), _messages(QUERIES[1]), GREEDY)
+            return [await pool.chat("tiny", str(tiny_gguf), _messages(q), GREEDY) for q in queries]
         finally:
             await pool.close()
 
     served = asyncio.run(run())
-    assert scored.text == served.text
-    assert scored.token_logprobs == pytest.approx(served.token_logprobs, abs=1e-4)
+    assert [s.text for s in scored] == [s.text for s in served]
+    for mine, theirs in zip(scored, served, strict=True):
+        assert mine.token_logprobs == pytest.approx(theirs.token_logprobs, abs=1e-4)
+    assert scored[2].text == scored[0].text  # the same query after another: the cache changes nothing
+    assert scored[2].token_logprobs == pytest.approx(scored[0].token_logprobs, abs=1e-4)
 
 
 def _answers(spec: list[tuple[float, bool]]) -> tuple[list[ScoredAnswer], list[str]]:

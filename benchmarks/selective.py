@@ -51,6 +51,7 @@ from benchmarks.paper_cost import PriceModel, load_price_model  # noqa: E402
 from benchmarks.paper_tasks import TASKS, Record  # noqa: E402
 from benchmarks.paper_train import OverBudget, Trainer, query_only_spec  # noqa: E402
 from benchmarks.selective_report import fmt_or_na, write_markdown, write_plot  # noqa: E402
+from benchmarks.selective_rules import LEVEL, threshold_rules  # noqa: E402
 from gateway.local.confidence import SIGNALS, confidence  # noqa: E402
 from gateway.routing.selective import (  # noqa: E402
     CurvePoint,
@@ -65,7 +66,6 @@ from internalizer.config import InternalizeConfig  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 TARGETS = (0.8, 0.9, 0.95)
-LEVEL = 0.95  # one-sided confidence of the bound, as the gate's default
 MIN_COVERAGE = 0.0  # report every threshold found; the gate's activation minimum is a separate setting
 N_FIXED_EXAMPLES = 5
 MIN_CLASS = 10  # agreeing and disagreeing answers a dataset needs for its AUROC to count in the choice
@@ -355,46 +355,6 @@ def _auroc(confidences: list[float | None], agreements: list[float]) -> float | 
 
 def _point(point: CurvePoint) -> dict[str, float]:
     return {k: round(v, 5) if isinstance(v, float) else v for k, v in point.as_dict().items()}
-
-
-# ---- threshold rules on synthetic held-out sets ------------------------------------------------------------
-
-
-def threshold_rules(n_sets: int = 400) -> list[dict[str, Any]]:
-    """A model whose answers agree with probability 1 + 0.2 c (confidence c uniform in [-3, 0]): the
-    answers at least t confident agree 1 + 0.1 t of the time, so 0.9 is met up to t = -1 (1/3 routed).
-    For each rule and held-out size: how often it finds a threshold, how often that threshold's true
-    agreement is more than 2 points under the target, and the true coverage it gets."""
-    z = z_for(LEVEL)
-
-    def lowest_passing(curve: list[CurvePoint]) -> CurvePoint | None:
-        passing = [p for p in curve if p.lower_bound >= 0.9]
-        return min(passing, key=lambda p: p.threshold) if passing else None
-
-    rows = []
-    for n in (100, 300, 1000):
-        for rule, pick in (("lowest passing", lowest_passing), ("fixed sequence (gate)", None)):
-            found = over = 0
-            coverage = []
-            for seed in range(n_sets):
-                rng = random.Random(seed)
-                pairs = []
-                for _ in range(n):
-                    c = -3 * rng.random()
-                    pairs.append((c, float(rng.random() < 1 + 0.2 * c)))
-                curve = coverage_curve(pairs, z)
-                chosen = pick(curve) if pick else choose_threshold(curve, 0.9, z)
-                if chosen is None:
-                    continue
-                found += 1
-                over += (1 + 0.1 * chosen.threshold) < 0.88
-                coverage.append(-chosen.threshold / 3)
-            rows.append({
-                "held_out": n, "rule": rule, "sets": n_sets, "found": found,
-                "over_promised_by_2pt": over, "over_promised_share": over / found if found else None,
-                "mean_true_coverage": sum(coverage) / len(coverage) if coverage else None,
-            })  # fmt: skip
-    return rows
 
 
 # ---- outputs ---------------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from gateway.api.exchange import Exchange, log_exchange, log_unavailable, usage_
 from gateway.api.schemas import ChatCompletionRequest
 from gateway.api.streaming import RelayResponse, log_client_gone, sse
 from gateway.local.backend import LocalDelta, LocalResult
-from gateway.local.confidence import DEFAULT_SIGNAL, confidence
+from gateway.local.confidence import DEFAULT_SIGNAL, FALLING_SIGNALS, confidence
 from gateway.routing.agreement import agreement
 from gateway.routing.router import Decision
 from gateway.routing.routes_store import Route
@@ -57,20 +57,29 @@ async def serve_local(
     exchange.route, exchange.backend = "local", local_model(request.model, route.model_id)
     params = local_params(body, route)
     started = time.perf_counter()
+    stops_early = route.threshold is not None and (route.signal or DEFAULT_SIGNAL) in FALLING_SIGNALS
     try:
-        if request.stream:
+        if request.stream or stops_early:
             stream = backend.chat_stream(route.model_id, route.gguf_path, decision.local_messages, params)
             limit = gateway.settings.local_confidence_stream_tokens if route.threshold is not None else 0
-            deltas = await answer_before_first_byte(stream, limit)
+            deltas = await answer_before_first_byte(
+                stream, limit if request.stream else None, route if stops_early else None
+            )
             exchange.local_wait_s += time.perf_counter() - started
-            finished = deltas[-1].result
+            finished = deltas[-1].result or (_stopped_early(deltas, route, started) if stops_early else None)
             if finished is not None and escalate(gateway, exchange, route, upstream, finished):
                 await stream.aclose()
                 return None
-            relay = LocalStream(gateway, exchange, request, route, upstream, body)
-            headers = {**exchange.headers(), "cache-control": "no-cache"}
-            return RelayResponse(relay.run(deltas, stream), headers, gateway.settings.stream_write_timeout_s)
-        result = await backend.chat(route.model_id, route.gguf_path, decision.local_messages, params)
+            if request.stream:
+                relay = LocalStream(gateway, exchange, request, route, upstream, body)
+                headers = {**exchange.headers(), "cache-control": "no-cache"}
+                return RelayResponse(
+                    relay.run(deltas, stream), headers, gateway.settings.stream_write_timeout_s
+                )
+            assert finished is not None  # without a limit the whole answer came, or it stopped early
+            result = finished
+        else:
+            result = await backend.chat(route.model_id, route.gguf_path, decision.local_messages, params)
     except Exception as exc:  # LocalError, or anything else: the client must not see it
         wasted = time.perf_counter() - started
         exchange.route, exchange.backend = "fallback", upstream
@@ -116,13 +125,46 @@ def answer_confidence(result: LocalResult, route: Route) -> float | None:
     return confidence(result.token_logprobs, route.signal or DEFAULT_SIGNAL)
 
 
-async def answer_before_first_byte(stream: AsyncIterator[LocalDelta], limit: int) -> list[LocalDelta]:
-    """The first delta; with `limit`, every delta up to the whole answer or `limit` pieces, so a short
-    answer can be scored (and escalated) before the client sees a byte."""
+async def answer_before_first_byte(
+    stream: AsyncIterator[LocalDelta], limit: int | None, stop_below: Route | None = None
+) -> list[LocalDelta]:
+    """The first delta; with `limit`, every delta up to the whole answer or `limit` pieces (None: the whole
+    answer), so a short answer can be scored (and escalated) before the client sees a byte.
+
+    With `stop_below`, a route whose signal can only fall: stop as soon as the answer so far is below the
+    route's threshold. It would be escalated whatever came next, so the rest would be compute for nothing,
+    and the upstream call starts sooner."""
     deltas = [await anext(stream)]
-    while deltas[-1].result is None and len(deltas) <= limit:
+    logprobs = list(deltas[-1].logprobs)
+    while deltas[-1].result is None and (limit is None or len(deltas) <= limit):
+        if stop_below is not None and _already_below(logprobs, stop_below):
+            return deltas
         deltas.append(await anext(stream))
+        logprobs += deltas[-1].logprobs
     return deltas
+
+
+STOPPED_BELOW_THRESHOLD = "below_threshold"  # the finish reason of an answer the router cut short
+
+
+def _already_below(logprobs: list[float], route: Route) -> bool:
+    return escalates(confidence(logprobs, route.signal or DEFAULT_SIGNAL), route.threshold) and bool(logprobs)
+
+
+def _stopped_early(deltas: list[LocalDelta], route: Route, started: float) -> LocalResult | None:
+    """The part of an answer generated before it fell below the route's threshold (None: it did not)."""
+    logprobs = [value for delta in deltas for value in delta.logprobs]
+    if route.threshold is None or not _already_below(logprobs, route):
+        return None
+    return LocalResult(
+        model_id=route.model_id,
+        text="".join(delta.text for delta in deltas),
+        finish_reason=STOPPED_BELOW_THRESHOLD,
+        prompt_tokens=0,
+        completion_tokens=len(logprobs),
+        compute_s=time.perf_counter() - started,  # an upper bound: queueing included
+        token_logprobs=tuple(logprobs),
+    )
 
 
 def escalate(
@@ -136,9 +178,11 @@ def escalate(
     exchange.route, exchange.backend = "escalated", upstream
     exchange.local_compute_s += result.compute_s  # spent, and paid for, before the upstream call
     local_answer, metric = result.text, route.metric or "exact"
+    complete = result.finish_reason != STOPPED_BELOW_THRESHOLD
 
     def record_local_answer() -> None:  # the local answer beside the upstream's: calibration data
-        score = answer_agreement(metric, exchange.response_text, local_answer)
+        # An answer cut where it fell below the threshold is kept, but not scored: it is only a beginning.
+        score = answer_agreement(metric, exchange.response_text, local_answer) if complete else None
         update = gateway.writer.submit_update(
             exchange.request_id, {"shadow_response": local_answer, "shadow_agreement": score}
         )

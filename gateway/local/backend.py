@@ -59,6 +59,9 @@ class LocalDelta:
 
     text: str
     result: LocalResult | None = None
+    # Log-probabilities of tokens generated since the previous delta, when asked for (a backend may report
+    # a token's one delta late); the result's `token_logprobs` is the whole answer's.
+    logprobs: tuple[float, ...] = ()
 
 
 class LocalBackend(Protocol):

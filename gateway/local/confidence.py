@@ -25,6 +25,9 @@ import numpy as np
 
 SIGNALS = ("mean", "min", "sum")
 DEFAULT_SIGNAL = "sum"  # the signal calibrations use unless configured otherwise (see the module doc)
+# Signals that can only fall as tokens are added (log-probabilities are <= 0): an answer below a threshold
+# part way through stays below it, so the router stops generating it and escalates at once.
+FALLING_SIGNALS = ("min", "sum")
 
 
 def confidence(token_logprobs: Sequence[float] | None, signal: str) -> float | None:

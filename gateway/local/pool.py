@@ -312,7 +312,7 @@ class LlamaPool:
         recorder = LogprobRecorder()
 
         started = time.perf_counter()
-        text, held, finish_reason = [], "", "stop"
+        text, held, finish_reason, reported = [], "", "stop", 0
         try:
             from llama_cpp import LogitsProcessorList
 
@@ -329,8 +329,8 @@ class LlamaPool:
                 text.append(piece)
                 held += piece  # leading whitespace is held back: an all-blank answer is an error, not output
                 if held.strip():
-                    emit(LocalDelta(held))
-                    held = ""
+                    emit(LocalDelta(held, logprobs=tuple(recorder.logprobs[reported:])))
+                    held, reported = "", len(recorder.logprobs)
         except Exception as exc:
             emit(LocalError(f"local model {model.model_id} failed: {exc}"))
             return

@@ -88,7 +88,7 @@ class RemoteLocalBackend:
         started = time.perf_counter()
         text: list[str] = []
         logprobs: list[float] = []
-        held, finish_reason, usage, pieces = "", "stop", {}, 0
+        held, finish_reason, usage, pieces, reported = "", "stop", {}, 0, 0
         with self._slot(model_id):
             response = await self._post(model_id, messages, params, stream=True)
             try:
@@ -108,8 +108,8 @@ class RemoteLocalBackend:
                         text.append(piece)
                         held += piece  # as LlamaPool: nothing is emitted before some visible text
                         if held.strip():
-                            yield LocalDelta(held)
-                            held = ""
+                            yield LocalDelta(held, logprobs=tuple(logprobs[reported:]))
+                            held, reported = "", len(logprobs)
             except httpx.TimeoutException:
                 raise LocalTimeout(f"remote model {model_id} stalled for {self.timeout_s:g}s") from None
             except (httpx.HTTPError, ValueError) as exc:

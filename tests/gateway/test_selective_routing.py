@@ -32,9 +32,12 @@ MODEL_ID = "m-calibrated"
 SERVE_ALL = -1e9  # a threshold every answer clears
 
 
-def calibrate_route(gw: RunningGateway, template_id: str, threshold: float, target: float = 0.9) -> None:
-    """Give the model a calibration (mean token log-probability, exact match) and the route a threshold."""
-    calibration = {"signal": "mean", "metric": "exact", "target": target, "route_threshold": threshold,
+def calibrate_route(
+    gw: RunningGateway, template_id: str, threshold: float, target: float = 0.9, signal: str = "mean"
+) -> None:
+    """Give the model a calibration (mean token log-probability by default, exact match) and the route a
+    threshold."""
+    calibration = {"signal": signal, "metric": "exact", "target": target, "route_threshold": threshold,
                    "curve": [], "n": 0}  # fmt: skip
 
     def update(db):
@@ -173,6 +176,32 @@ def test_a_stream_longer_than_the_scoring_window_is_served_as_before(routed, tra
     row = gw.row(request_id)
     assert header == row["route"] == "local" and text.strip() and row["completion_tokens"] > 3
     assert send(gw, traffic, query, stream=False, max_tokens=12)[0] == "escalated"  # JSON is always scored
+
+
+def test_an_answer_that_falls_below_the_threshold_stops_there_and_escalates(routed, traffic):
+    """Under `sum` an answer's confidence can only fall: once below the threshold it is escalated
+    whatever follows, so the local model stops generating and the upstream call starts at once."""
+    gw, template_id = routed
+    query = traffic.queries[212]
+    calibrate_route(gw, template_id, SERVE_ALL, signal="sum")
+    _wait_for_route(gw, traffic, query, ("local",), max_tokens=12)
+    header, request_id, whole = send(gw, traffic, query, max_tokens=12)
+    served = gw.row(request_id)
+    assert header == "local" and served["completion_tokens"] > 3, served
+    # A threshold the first tokens already miss: the answer is cut there.
+    calibrate_route(gw, template_id, served["local_confidence"] / 4, signal="sum")
+    _wait_for_route(gw, traffic, traffic.queries[213], ("escalated",), max_tokens=12)
+    for stream in (False, True):
+        header, request_id, text = send(gw, traffic, query, stream=stream, max_tokens=12)
+        assert header == "escalated" and is_echo_of(text, query)  # one normal answer: the upstream's
+        row = wait_for(
+            lambda rid=request_id: (r := gw.row(rid))["shadow_response"] is not None and r,
+            what="the local answer",
+        )
+        kept = row["shadow_response"]
+        assert kept.strip() and whole.startswith(kept) and len(kept) < len(whole), (kept, whole)
+        assert row["shadow_agreement"] is None  # a beginning is not scored against the upstream's answer
+        assert row["local_confidence"] < served["local_confidence"] / 4 and row["local_compute_s"] > 0
 
 
 def test_live_calibration_sets_a_route_that_breaks_its_promise_to_shadow(tmp_path, fake_upstream, traffic):

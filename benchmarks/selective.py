@@ -18,10 +18,13 @@ beside all-or-nothing routing (the whole model serves every request if its overa
 bound reaches the target, else nothing does). Also: how often two threshold rules over-promise on
 synthetic held-out sets (the lowest threshold that passes vs the fixed sequence the gate uses).
 
-Writes benchmarks/results/selective.{json,md,png} and prints the command. Trained models are cached
-under --work-dir, so a re-run skips training.
+Writes benchmarks/results/selective.{json,md,png} and prints the command (the figures are computed from
+the recorded answers by benchmarks/selective_analysis.py). Trained models are cached under --work-dir, so
+a re-run skips training. `--model GGUF` scores a model trained elsewhere instead (the internalization
+job's export; results in selective_model.*).
   .venv/bin/python -m benchmarks.selective               # cpu config, ~25 minutes on 2 cores
   .venv/bin/python -m benchmarks.selective --config quick  # harness check, minutes
+  .venv/bin/python -m benchmarks.selective --dataset banking77 --model JOB.gguf --n-cal 600 --n-test 600
 """
 
 from __future__ import annotations
@@ -29,7 +32,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import platform
 import random
@@ -50,25 +52,16 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from benchmarks.paper_cost import PriceModel, load_price_model  # noqa: E402
 from benchmarks.paper_tasks import TASKS, Record  # noqa: E402
 from benchmarks.paper_train import OverBudget, Trainer, query_only_spec  # noqa: E402
-from benchmarks.selective_report import fmt_or_na, write_markdown, write_plot  # noqa: E402
+from benchmarks.selective_analysis import TARGETS, analyse, check_target, choose_signal  # noqa: E402
+from benchmarks.selective_report import write_markdown, write_plot  # noqa: E402
 from benchmarks.selective_rules import LEVEL, threshold_rules  # noqa: E402
 from gateway.local.confidence import SIGNALS, confidence  # noqa: E402
-from gateway.routing.selective import (  # noqa: E402
-    CurvePoint,
-    choose_threshold,
-    coverage_curve,
-    wilson_bounds,
-    z_for,
-)
 from gateway.templates.query_format import query_only_messages  # noqa: E402
-from internalizer.calibrate import ScoredAnswer, auroc, generate_scored, item_agreement  # noqa: E402
+from internalizer.calibrate import ScoredAnswer, generate_scored, item_agreement  # noqa: E402
 from internalizer.config import InternalizeConfig  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-TARGETS = (0.8, 0.9, 0.95)
-MIN_COVERAGE = 0.0  # report every threshold found; the gate's activation minimum is a separate setting
 N_FIXED_EXAMPLES = 5
-MIN_CLASS = 10  # agreeing and disagreeing answers a dataset needs for its AUROC to count in the choice
 
 
 @dataclass(frozen=True)
@@ -187,61 +180,6 @@ def upstream_cost(
     return costs, prefix, sum(fulls) / len(fulls)
 
 
-def judge(
-    cal: list[tuple[float | None, float]],
-    test: list[tuple[float | None, float, float, float]],
-    target: float,
-    z: float,
-) -> dict[str, Any]:
-    """Selective and all-or-nothing routing at `target`: the threshold from the calibration slice,
-    judged on the test slice. test items: (confidence, agreement, local $, upstream $)."""
-    cal_curve = coverage_curve([(c, a) for c, a in cal if c is not None], z, total=len(cal))
-    chosen = choose_threshold(cal_curve, target, z, MIN_COVERAGE)
-    n = len(test)
-    upstream_per_1k = 1000 * sum(u for *_, u in test) / n
-    local_all = 1000 * sum(loc for _, _, loc, _ in test) / n
-    served = [chosen is not None and c is not None and c >= chosen.threshold for c, *_ in test]
-    routed = [t for t, local in zip(test, served, strict=True) if local]
-    # With a threshold, every request is answered locally first and the escalated ones then pay the
-    # upstream too; without one the gate does not activate the model and everything goes upstream.
-    escalated = n - len(routed) if chosen is not None else 0
-    escalated_upstream = sum(u for (*_, u), local in zip(test, served, strict=True) if not local)
-    selective_per_1k = local_all + 1000 * escalated_upstream / n if chosen is not None else upstream_per_1k
-    whole_mean = sum(a for _, a in cal) / len(cal)
-    whole_passes = wilson_bounds(whole_mean, len(cal), z)[0] >= target
-    return {
-        "target": target,
-        "activated": chosen is not None,
-        "threshold": chosen.threshold if chosen else None,
-        "calibration_coverage": chosen.coverage if chosen else 0.0,
-        "calibration_lower_bound": chosen.lower_bound if chosen else None,
-        "coverage": len(routed) / n,
-        "routed_agreement": sum(a for _, a, _, _ in routed) / len(routed) if routed else None,
-        "escalation_rate": escalated / n,
-        "agreement_served": (sum(a for _, a, _, _ in routed) + n - len(routed))
-        / n,  # upstream agrees with itself
-        "cost_per_1k": selective_per_1k,
-        "saving_vs_cached_pct": 100 * (1 - selective_per_1k / upstream_per_1k),
-        "all_or_nothing": {
-            "routes": "all" if whole_passes else "none",
-            "calibration_agreement": whole_mean,
-            "cost_per_1k": local_all if whole_passes else upstream_per_1k,
-            "agreement_served": (sum(a for _, a, _, _ in test) / n) if whole_passes else 1.0,
-            "saving_vs_cached_pct": 100 * (1 - local_all / upstream_per_1k) if whole_passes else 0.0,
-        },
-    }
-
-
-def _both_bases(cal, tests, target: float, z: float) -> dict[str, Any]:
-    """`judge` with local compute priced by wall time, plus the costs with it priced by CPU time."""
-    wall, cpu = (judge(cal, test, target, z) for test in tests)
-    keys = ("cost_per_1k", "saving_vs_cached_pct")
-    return wall | {
-        "cpu_time_basis": {k: cpu[k] for k in keys}
-        | {"all_or_nothing": {k: cpu["all_or_nothing"][k] for k in keys}}
-    }
-
-
 def given_model(gguf: Path) -> tuple[Path, dict[str, Any], Any]:
     """A model trained elsewhere (the internalization job's export): its path and the base's tokenizer."""
     from gateway.upstream.base_model import smollm2_gguf_path
@@ -282,6 +220,8 @@ def run_dataset(
             "agreement": item_agreement(cfg.metric, answer.text, record.target),
             "confidence": {signal: confidence(answer.token_logprobs, signal) for signal in SIGNALS},
             "tokens": len(answer.token_logprobs),
+            "token_logprobs": [round(v, 5) for v in answer.token_logprobs],
+            "step_s": [round(v, 5) for v in answer.step_seconds],
             "wall_s": answer.seconds,
             "cpu_s": answer.cpu_seconds,
             "upstream_usd": cost,
@@ -300,82 +240,7 @@ def run_dataset(
     }
 
 
-def analyse(ds: dict[str, Any]) -> dict[str, Any]:
-    """Every figure of one dataset from its recorded answers (so the tables can be redone from the JSON)."""
-    z = z_for(LEVEL)
-    cal = [i for i in ds["items"] if i["slice"] == "calibration"]
-    test = [i for i in ds["items"] if i["slice"] == "test"]
-    n = len(test)
-    # Local compute priced two ways: the wall time each answer took (the gateway's own rule: the worker was
-    # busy that long), and the CPU time it used (a share of the machine; other work on this shared machine
-    # stretches wall time without using this request's CPU).
-    per_s = ds["local_per_hour"] / 3600
-    cores = os.cpu_count() or 1
-    local_costs = ([i["wall_s"] * per_s for i in test], [i["cpu_s"] * per_s / cores for i in test])
-    up_costs = [i["upstream_usd"] for i in test]
-    test_agree = [i["agreement"] for i in test]
-    signals: dict[str, Any] = {}
-    for signal in SIGNALS:
-        cal_conf = [i["confidence"][signal] for i in cal]
-        test_conf = [i["confidence"][signal] for i in test]
-        test_curve = coverage_curve(
-            [(c, a) for c, a in zip(test_conf, test_agree, strict=True) if c is not None], z, n
-        )
-        signals[signal] = {
-            "auroc_test": _auroc(test_conf, test_agree),
-            "auroc_calibration": _auroc(cal_conf, [i["agreement"] for i in cal]),
-            "test_curve": [_point(p) for p in test_curve],
-            "targets": [
-                _both_bases(
-                    list(zip(cal_conf, [i["agreement"] for i in cal], strict=True)),
-                    [list(zip(test_conf, test_agree, costs, up_costs, strict=True)) for costs in local_costs],
-                    target,
-                    z,
-                )
-                for target in TARGETS
-            ],
-        }
-    return {
-        "overall_agreement_test": sum(test_agree) / n,
-        "overall_agreement_calibration": sum(i["agreement"] for i in cal) / len(cal),
-        "upstream_cached_per_1k": 1000 * sum(up_costs) / n,
-        "local_per_1k": 1000 * sum(local_costs[0]) / n,
-        "local_per_1k_cpu_time": 1000 * sum(local_costs[1]) / n,
-        "local_seconds_mean": sum(i["wall_s"] for i in test) / n,
-        "local_cpu_seconds_mean": sum(i["cpu_s"] for i in test) / n,
-        "mean_answer_tokens": sum(i["tokens"] for i in test) / n,
-        "signals": signals,
-    }
-
-
-def _auroc(confidences: list[float | None], agreements: list[float]) -> float | None:
-    scores = [-math.inf if c is None else c for c in confidences]
-    return auroc(scores, [a >= 1.0 for a in agreements])
-
-
-def _point(point: CurvePoint) -> dict[str, float]:
-    return {k: round(v, 5) if isinstance(v, float) else v for k, v in point.as_dict().items()}
-
-
 # ---- outputs ---------------------------------------------------------------------------------------------
-
-
-def check_target(datasets: list[dict[str, Any]], signal: str) -> dict[str, Any]:
-    """Met if, on a dataset whose model fails all-or-nothing routing at 0.9, selective routing at 0.9 keeps
-    routed agreement >= 0.9 on the test slice and saves >= 30% of the cached upstream's cost."""
-    met, details = False, []
-    for ds in datasets:
-        t = next(x for x in ds["signals"][signal]["targets"] if x["target"] == 0.9)
-        fails_gate = t["all_or_nothing"]["routes"] == "none"
-        agreement_ok = (t["routed_agreement"] or 0) >= 0.9
-        wall, cpu = t["saving_vs_cached_pct"], t["cpu_time_basis"]["saving_vs_cached_pct"]
-        met |= fails_gate and agreement_ok and wall >= 30
-        details.append(
-            f"{ds['dataset']}: all-or-nothing routes {t['all_or_nothing']['routes']}; selective routes "
-            f"{100 * t['coverage']:.1f}% at agreement {fmt_or_na(t['routed_agreement'], 3)}, "
-            f"saving {wall:.1f}% (wall-time basis) / {cpu:.1f}% (CPU-time basis)"
-        )
-    return {"met": met, "detail": "; ".join(details)}
 
 
 def main() -> None:
@@ -444,31 +309,6 @@ def main() -> None:
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=1))  # the answers first: `--report-only` can redo the rest
     write_outputs(results, stem)
-
-
-def choose_signal(datasets: list[dict[str, Any]]) -> tuple[str, str]:
-    """The signal with the highest AUROC (calibration and test slices averaged), over the datasets with
-    at least MIN_CLASS agreeing and MIN_CLASS disagreeing test answers (an AUROC over a handful of agreeing
-    answers says little); all datasets when none qualifies."""
-
-    def qualifies(ds: dict[str, Any]) -> bool:
-        agreeing = ds["overall_agreement_test"] * ds["config"]["n_test"]
-        return MIN_CLASS <= agreeing <= ds["config"]["n_test"] - MIN_CLASS
-
-    counted = [ds for ds in datasets if qualifies(ds)] or datasets
-    score = {
-        s: sum(
-            ((ds["signals"][s]["auroc_test"] or 0) + (ds["signals"][s]["auroc_calibration"] or 0)) / 2
-            for ds in counted
-        )
-        / max(1, len(counted))
-        for s in SIGNALS
-    }
-    chosen = max(SIGNALS, key=lambda s: score[s])
-    names = ", ".join(ds["dataset"] for ds in counted)
-    figures = ", ".join(f"{s} {v:.3f}" for s, v in score.items())
-    reason = f"highest AUROC, calibration and test slices averaged, over {names}: {figures}"
-    return chosen, reason
 
 
 def write_outputs(results: dict[str, Any], stem: str) -> None:

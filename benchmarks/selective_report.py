@@ -16,7 +16,10 @@ def write_markdown(results: dict[str, Any], path: Path, level: float) -> None:
         "(Q8_0, llama.cpp); threshold chosen on a calibration slice of dev (one-sided Wilson bound at "
         f"{level}, fixed sequence), judged on a disjoint test slice. Upstream = gpt-4o-mini with the "
         "static prefix cached on every request; local compute $0.10/h at the measured time per answer; every "
-        "request is answered locally first, so an escalation costs its local time plus the upstream price.",
+        "request is answered locally first, so an escalation costs its local time plus the upstream price; "
+        "under a signal that can only fall (sum, min) the gateway stops an answer at the token that takes it "
+        "below the threshold, so an escalation costs the local time up to there (measured per sampling "
+        'step; the column "escalations generated whole" prices them as if generated to the end).',
         "",
         *[
             f"- {ds['dataset']}: `{ds['command']}`, {ds['seconds'] / 60:.1f} min, 1-min load average "
@@ -42,9 +45,9 @@ def write_markdown(results: dict[str, Any], path: Path, level: float) -> None:
         f"## Selective vs all-or-nothing routing ({signal} token log-probability)",
         "",
         "| dataset | target | threshold | coverage | routed agreement | escalated | $ / 1k selective | "
-        "saving | saving, CPU-time basis | all-or-nothing routes | $ / 1k all-or-nothing | "
-        "$ / 1k cached upstream |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
+        "saving | saving, CPU-time basis | saving, escalations generated whole | all-or-nothing routes | "
+        "$ / 1k all-or-nothing | $ / 1k cached upstream |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     for ds in results["datasets"]:
         for t in ds["signals"][signal]["targets"]:
@@ -54,7 +57,7 @@ def write_markdown(results: dict[str, Any], path: Path, level: float) -> None:
                 f"{100 * t['coverage']:.1f}% | {fmt_or_na(t['routed_agreement'], 3)} | "
                 f"{100 * t['escalation_rate']:.1f}% | "
                 f"${t['cost_per_1k']:.4f} | {t['saving_vs_cached_pct']:.1f}% | "
-                f"{t['cpu_time_basis']['saving_vs_cached_pct']:.1f}% | {aon['routes']} | "
+                f"{t['cpu_time_basis']['saving_vs_cached_pct']:.1f}% | {_whole(t)} | {aon['routes']} | "
                 f"${aon['cost_per_1k']:.4f} | ${ds['upstream_cached_per_1k']:.4f} |"
             )
     lines += ["", "Other signals at target 0.9 (coverage / routed agreement / saving on the test slice):", ""]
@@ -104,6 +107,11 @@ def write_markdown(results: dict[str, Any], path: Path, level: float) -> None:
         f"all-or-nothing gate): **{verdict}** ({target['detail']}).",
     ]
     path.write_text("\n".join(lines) + "\n")
+
+
+def _whole(target: dict[str, Any]) -> str:
+    whole = target.get("generated_whole")  # absent from results written before the gateway stopped answers
+    return "n/a" if whole is None else f"{whole['saving_vs_cached_pct']:.1f}%"
 
 
 def fmt_or_na(value: float | None, digits: int) -> str:

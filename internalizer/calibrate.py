@@ -35,6 +35,9 @@ class ScoredAnswer:
     token_logprobs: tuple[float, ...]
     seconds: float = 0.0  # llama.cpp wall time for this answer (prompt evaluation and generation)
     cpu_seconds: float = 0.0  # CPU time this process used meanwhile (llama.cpp's threads)
+    # Wall seconds from the request's start to each sampling step (the first comes after the prompt): what
+    # an answer stopped part way through cost (benchmarks/selective.py prices escalations with it).
+    step_seconds: tuple[float, ...] = ()
 
 
 def generate_scored(
@@ -55,17 +58,23 @@ def generate_scored(
         answers = []
         for messages in conversations:
             recorder = LogprobRecorder()
+            steps: list[float] = []
             started, cpu_started = time.perf_counter(), time.process_time()
+
+            def clock(_ids: Any, logits: Any, steps: list[float] = steps, started: float = started) -> Any:
+                steps.append(time.perf_counter() - started)
+                return logits
+
             reply = llm.create_chat_completion(
                 messages=list(messages),
                 max_tokens=max_tokens,
                 temperature=0.0,
                 top_k=1,
-                logits_processor=LogitsProcessorList([recorder]),
+                logits_processor=LogitsProcessorList([recorder, clock]),
             )
             text = reply["choices"][0]["message"]["content"] or ""
             wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
-            answers.append(ScoredAnswer(text, tuple(recorder.logprobs), wall, cpu))
+            answers.append(ScoredAnswer(text, tuple(recorder.logprobs), wall, cpu, tuple(steps)))
         return answers
     finally:
         llm.close()

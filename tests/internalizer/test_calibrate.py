@@ -127,6 +127,10 @@ def test_generate_scored_matches_the_pool(tiny_gguf):
 
     served = asyncio.run(run())
     assert [s.text for s in scored] == [s.text for s in served]
+    for answer in scored:  # a time for every sampling step: what an answer stopped part way cost
+        assert len(answer.step_seconds) >= len(answer.token_logprobs) >= 1
+        assert list(answer.step_seconds) == sorted(answer.step_seconds)
+        assert 0 < answer.step_seconds[0] <= answer.step_seconds[-1] <= answer.seconds
     for mine, theirs in zip(scored, served, strict=True):
         assert mine.token_logprobs == pytest.approx(theirs.token_logprobs, abs=1e-4)
     assert scored[2].text == scored[0].text  # the same query after another: the cache changes nothing

@@ -32,7 +32,7 @@ from gateway.accounting.pricing import Usage
 from gateway.api.errors import GatewayError
 from gateway.api.exchange import Exchange, log_exchange, log_unavailable, usage_from
 from gateway.api.schemas import ChatCompletionRequest
-from gateway.api.streaming import RelayResponse, log_client_gone, sse
+from gateway.api.streaming import DONE, RelayResponse, log_client_gone, sse
 from gateway.local.backend import LocalDelta, LocalResult
 from gateway.local.confidence import DEFAULT_SIGNAL, FALLING_SIGNALS, confidence
 from gateway.routing.agreement import agreement
@@ -297,11 +297,11 @@ class LocalStream:
         if not await log_exchange(self.gateway, exchange, 200):
             yield sse(log_unavailable().body())
             return
-        yield self._chunk({}, finish_reason=delta.result.finish_reason)
+        last = [self._chunk({}, finish_reason=delta.result.finish_reason)]
         if self.request.include_usage:
             usage = {**_envelope(exchange, self.request, "chat.completion.chunk"), "choices": []}
-            yield sse({**usage, "usage": _usage_payload(exchange.usage)})
-        yield b"data: [DONE]\n\n"
+            last.append(sse({**usage, "usage": _usage_payload(exchange.usage)}))
+        yield b"".join([*last, DONE])  # one write: the stream's last bytes
 
     def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
         choice = {"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}

@@ -62,11 +62,16 @@ class RelayResponse:
             self._timer = loop.call_later(self.write_timeout_s, self._check_stall, task)
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.headers})
+            ended = False
             async for chunk in self.chunks:
+                if ended:
+                    continue  # nothing follows [DONE]; a relay that yielded more would not be heard
+                ended = chunk.endswith(DONE)  # sent as the response's last body: one write, not two
                 self._sending_since = loop.time()
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                await send({"type": "http.response.body", "body": chunk, "more_body": not ended})
                 self._sending_since = None
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            if not ended:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
             if not (self._stalled or (watcher.done() and not watcher.cancelled())):
                 raise  # cancelled from outside (shutdown): not ours to swallow
@@ -103,16 +108,15 @@ async def _disconnect(receive: Any) -> None:
         pass
 
 
+DONE = b"data: [DONE]\n\n"  # the end of an OpenAI stream; RelayResponse ends the response with it
+
+
 def sse(payload: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
 
 
 def _has_usage(body: dict[str, Any]) -> bool:
     return bool(body.get("usage"))
-
-
-def _is_closing(body: dict[str, Any]) -> bool:
-    return _has_usage(body) or any(choice.get("finish_reason") for choice in body.get("choices") or ())
 
 
 async def stream_response(
@@ -186,9 +190,7 @@ class StreamRelay:
         if not await log_exchange(self.gateway, exchange, 200):
             yield sse(log_unavailable().body())
             return
-        for out in self._closing_bytes():
-            yield out
-        yield b"data: [DONE]\n\n"
+        yield b"".join([*self._closing_bytes(), DONE])  # one write: the stream's last bytes
 
     def _take(self, chunk: Chunk) -> bytes | None:
         """Record one chunk; return the bytes to send now (None: held back or not for the client)."""
@@ -203,7 +205,10 @@ class StreamRelay:
         if not self.envelope:
             self.envelope = {k: body.get(k) for k in ("id", "created", "model", "system_fingerprint")}
             self.exchange.completion_id = body.get("id") if isinstance(body.get("id"), str) else None
+        closing = False
         for choice in body.get("choices") or ():
+            if choice.get("finish_reason"):
+                closing = True  # held back (any choice's): it goes out after the row is logged
             if choice.get("index", 0) != 0:
                 continue
             delta = choice.get("delta") or {}
@@ -218,7 +223,8 @@ class StreamRelay:
                 self.exchange.finish_reason = choice["finish_reason"]
         if _has_usage(body):
             self.exchange.usage = usage_from(body["usage"])
-        if _is_closing(body):
+            closing = True
+        if closing:
             self.closing.append(chunk)
             return None
         return chunk.raw or sse(body)

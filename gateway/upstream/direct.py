@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import orjson
 
 from gateway.settings import Settings, UpstreamModel
 from gateway.upstream.errors import (
@@ -181,7 +182,7 @@ MAX_EVENT_BYTES = 2 * 2**20  # twice the session's read buffer, as aiohttp's own
 
 def _json_object(data: bytes, what: str) -> dict[str, Any]:
     try:
-        parsed = json.loads(data)
+        parsed = _loads(data)
     except (ValueError, RecursionError):
         raise bad_reply(f"{what} that is not JSON") from None
     if not isinstance(parsed, dict):
@@ -189,6 +190,22 @@ def _json_object(data: bytes, what: str) -> dict[str, Any]:
     return parsed
 
 
+def _loads(data: bytes) -> Any:
+    """json.loads(data), by orjson when it can (a few microseconds less per stream chunk); what orjson
+    refuses (NaN, lone surrogates, deep nesting) is read by json. One difference is kept: orjson reads an
+    integer past 64 bits as a float. No field the gateway reads from a reply can hold one usefully (usage
+    counts past 2**53 are dropped either way, gateway/upstream/validate.py), and the relayed bytes are the
+    upstream's own."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(data)
+
+
 def _has_finish(chunk: dict[str, Any]) -> bool:
     choices = chunk.get("choices")
-    return isinstance(choices, list) and any(isinstance(c, dict) and c.get("finish_reason") for c in choices)
+    if isinstance(choices, list):
+        for choice in choices:  # a loop, not any(): this runs for every chunk of every stream
+            if isinstance(choice, dict) and choice.get("finish_reason"):
+                return True
+    return False

@@ -61,7 +61,7 @@ class Reply:
     raw: bytes | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class Chunk:
     """One streamed chunk: the dict, plus its exact `data: ...` SSE bytes when the transport has them.
     `more`: another chunk of the same network read follows at once (the relay sends them in one write)."""

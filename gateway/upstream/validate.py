@@ -115,8 +115,11 @@ def _choices(body: dict[str, Any]) -> list[dict[str, Any]]:
     choices = body.get("choices")
     if choices is None:
         return []
-    if not isinstance(choices, list) or not all(isinstance(choice, dict) for choice in choices):
+    if not isinstance(choices, list):
         raise bad_reply("`choices` that is not a list of objects")
+    for choice in choices:  # a loop, not all(): this runs for every chunk of every stream
+        if not isinstance(choice, dict):
+            raise bad_reply("`choices` that is not a list of objects")
     return choices
 
 

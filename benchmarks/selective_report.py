@@ -34,7 +34,7 @@ def write_markdown(results: dict[str, Any], path: Path, level: float) -> None:
     ]
     for ds in results["datasets"]:
         aurocs = " | ".join(fmt_or_na(ds["signals"][s]["auroc_test"], 3) for s in SIGNALS)
-        n = ds["config"]["n_test"]
+        n = _count(ds, "test")  # the dev split may hold fewer than asked
         agreeing = round(ds["overall_agreement_test"] * n)
         lines.append(
             f"| {ds['dataset']} | {ds['overall_agreement_test']:.3f} | {agreeing} / {n} | {aurocs} |"
@@ -79,7 +79,7 @@ def write_markdown(results: dict[str, Any], path: Path, level: float) -> None:
         )
         lines.append(
             f"- {ds['dataset']}: {model}; agreement metric "
-            f"`{cfg['metric']}`; {cfg['n_cal']} calibration / {cfg['n_test']} test "
+            f"`{cfg['metric']}`; {_count(ds, 'calibration')} calibration / {_count(ds, 'test')} test "
             f"requests; full prompt {ds['full_prompt_tokens_mean']:.0f} tokens ({ds['cached_prefix_tokens']} "
             f"cached); local answer {1000 * ds['local_seconds_mean']:.0f} ms wall / "
             f"{1000 * ds['local_cpu_seconds_mean']:.0f} ms CPU mean "
@@ -107,6 +107,10 @@ def write_markdown(results: dict[str, Any], path: Path, level: float) -> None:
         f"all-or-nothing gate): **{verdict}** ({target['detail']}).",
     ]
     path.write_text("\n".join(lines) + "\n")
+
+
+def _count(ds: dict[str, Any], slice_name: str) -> int:
+    return sum(item["slice"] == slice_name for item in ds["items"])
 
 
 def _whole(target: dict[str, Any]) -> str:

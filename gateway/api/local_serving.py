@@ -148,13 +148,14 @@ STOPPED_BELOW_THRESHOLD = "below_threshold"  # the finish reason of an answer th
 
 
 def _already_below(logprobs: list[float], route: Route) -> bool:
-    return escalates(confidence(logprobs, route.signal or DEFAULT_SIGNAL), route.threshold) and bool(logprobs)
+    """Scored tokens so far, and their confidence under the route's signal already below its threshold."""
+    return bool(logprobs) and escalates(confidence(logprobs, route.signal or DEFAULT_SIGNAL), route.threshold)
 
 
 def _stopped_early(deltas: list[LocalDelta], route: Route, started: float) -> LocalResult | None:
     """The part of an answer generated before it fell below the route's threshold (None: it did not)."""
     logprobs = [value for delta in deltas for value in delta.logprobs]
-    if route.threshold is None or not _already_below(logprobs, route):
+    if not _already_below(logprobs, route):  # no threshold never escalates
         return None
     return LocalResult(
         model_id=route.model_id,

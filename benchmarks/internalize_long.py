@@ -58,15 +58,26 @@ RESULTS = Path(__file__).resolve().parent / "results"
 N_SHOTS = 3  # fixed examples in the app's prompt: ~900 SmolLM2 tokens in all
 
 
-def log_app(db: Any, dataset: str, n: int, seed: int = 0) -> dict[str, Any]:
-    """n requests of the dataset's app (instructions, fixed examples, the user's message; the logged answer
-    is the reference), drawn from the train slice; returns the app's description."""
-    task = TASKS[dataset]
-    pool = task.load("train")
+def app_requests(dataset: str, seed: int = 0) -> tuple[list[Any], list[Any]]:
+    """The app's fixed examples and, shuffled, the train records it may log (the job logs the first n)."""
+    pool = TASKS[dataset].load("train")
     shots = fixed_shots(pool, seed=seed, k=N_SHOTS)
     used = {s.input for s in shots}
     queries = [r for r in pool if r.query not in used]
     random.Random(seed).shuffle(queries)
+    return shots, queries
+
+
+def unlogged_requests(dataset: str, n_logged: int, seed: int = 0) -> list[Any]:
+    """The train records a job over `n_logged` requests of this app never saw: fresh calibration data."""
+    return app_requests(dataset, seed)[1][n_logged:]
+
+
+def log_app(db: Any, dataset: str, n: int, seed: int = 0) -> dict[str, Any]:
+    """n requests of the dataset's app (instructions, fixed examples, the user's message; the logged answer
+    is the reference), drawn from the train slice; returns the app's description."""
+    task = TASKS[dataset]
+    shots, queries = app_requests(dataset, seed)
     rows = []
     for i, record in enumerate(queries[:n]):
         rows.append(

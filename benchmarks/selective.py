@@ -15,8 +15,9 @@ telling agreeing answers from the others; the coverage / agreement curves; and f
 the upstream with provider prompt caching (gpt-4o-mini prices from litellm's map, the static prefix read
 from the cache on every request; local compute at $0.10 per machine-hour, the time each answer took),
 beside all-or-nothing routing (the whole model serves every request if its overall agreement's lower
-bound reaches the target, else nothing does). Also: how often two threshold rules over-promise on
-synthetic held-out sets (the lowest threshold that passes vs the fixed sequence the gate uses).
+bound reaches the target, else nothing does). Also: how often three threshold rules over-promise on
+synthetic held-out sets (the lowest threshold that passes; a fixed sequence over every threshold; the
+gate's fixed sequence at checkpoints).
 
 Writes benchmarks/results/selective.{json,md,png} and prints the command (the figures are computed from
 the recorded answers by benchmarks/selective_analysis.py). Trained models are cached under --work-dir, so
@@ -25,6 +26,8 @@ job's export; results in selective_model.*).
   .venv/bin/python -m benchmarks.selective               # cpu config, ~25 minutes on 2 cores
   .venv/bin/python -m benchmarks.selective --config quick  # harness check, minutes
   .venv/bin/python -m benchmarks.selective --dataset banking77 --model JOB.gguf --n-cal 600 --n-test 600
+  .venv/bin/python -m benchmarks.selective --dataset banking77 --model JOB.gguf \
+      --cal-unlogged 1000 --n-cal 1500  # calibrate on train requests the job never logged
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from benchmarks.internalize_long import unlogged_requests  # noqa: E402
 from benchmarks.paper_cost import PriceModel, load_price_model  # noqa: E402
 from benchmarks.paper_tasks import TASKS, Record  # noqa: E402
 from benchmarks.paper_train import OverBudget, Trainer, query_only_spec  # noqa: E402
@@ -195,13 +199,24 @@ def given_model(gguf: Path) -> tuple[Path, dict[str, Any], Any]:
 
 
 def run_dataset(
-    name: str, cfg: DatasetConfig, work_dir: Path, budget_s: float, say, model: Path | None = None
+    name: str,
+    cfg: DatasetConfig,
+    work_dir: Path,
+    budget_s: float,
+    say,
+    model: Path | None = None,
+    calibration: list[Record] | None = None,
 ) -> dict[str, Any]:
-    """Train (or reuse) the model, answer both dev slices, record every answer: `analyse` does the rest."""
+    """Train (or reuse) the model, answer both slices (of dev, unless `calibration` gives that slice's
+    records), record every answer: `analyse` does the rest."""
     started = time.perf_counter()
     app = load_app(name)
-    dev = split(app.dev, cfg.n_cal + cfg.n_test, seed=1)
-    cal_records, test_records = dev[: cfg.n_cal], dev[cfg.n_cal :]
+    if calibration is None:
+        dev = split(app.dev, cfg.n_cal + cfg.n_test, seed=1)
+        cal_records, test_records = dev[: cfg.n_cal], dev[cfg.n_cal :]
+    else:  # calibrate on the given records, judge on the dev split
+        cal_records, test_records = calibration[: cfg.n_cal], split(app.dev, cfg.n_test, seed=1)
+        dev = cal_records + test_records
     say(f"{name}: {len(cal_records)} calibration + {len(test_records)} test requests")
     if model is None:
         gguf, trained, tokenizer = train_model(app, cfg, work_dir, budget_s, say)
@@ -213,7 +228,7 @@ def run_dataset(
     answers = scored_slice(gguf, dev, cfg.max_tokens)
     items = [
         {
-            "slice": "calibration" if index < cfg.n_cal else "test",
+            "slice": "calibration" if index < len(cal_records) else "test",
             "query": record.query,
             "reference": record.target,
             "answer": answer.text,
@@ -263,9 +278,16 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--n-cal", type=int, default=None, help="override the calibration requests")
     parser.add_argument("--n-test", type=int, default=None, help="override the test requests")
+    parser.add_argument(
+        "--cal-unlogged", type=int, default=None, metavar="N_LOGGED",
+        help="with --model: calibrate on the train records that benchmarks/internalize.py --long "
+        "--requests N_LOGGED never logged (more held-out requests than dev holds); test on dev",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.model is not None and args.dataset == "all":
         parser.error("--model needs one --dataset")
+    if args.cal_unlogged is not None and args.model is None:
+        parser.error("--cal-unlogged needs --model (the job's export)")
     stem = "selective" if args.config == "cpu" else f"selective_{args.config}"
     stem += "_model" if args.model is not None else ""
     if args.report_only:
@@ -290,7 +312,10 @@ def main() -> None:
             cfg = CONFIGS[args.config][name]
             sizes = {"n_cal": args.n_cal, "n_test": args.n_test}
             cfg = dataclasses.replace(cfg, **{k: v for k, v in sizes.items() if v is not None})
-            result = run_dataset(name, cfg, args.work_dir, left, print, args.model)
+            calibration = None
+            if args.cal_unlogged is not None:
+                calibration = unlogged_requests(name, args.cal_unlogged)
+            result = run_dataset(name, cfg, args.work_dir, left, print, args.model, calibration)
         except OverBudget as exc:
             print(f"{name}: skipped, training would not fit the budget ({exc})", flush=True)
             continue

@@ -13,8 +13,9 @@ def write_markdown(results: dict[str, Any], path: Path, level: float) -> None:
         "# Selective routing: serve locally only what the local model is sure of",
         "",
         f"{results['config']} config on {results['machine']}. Query-only LoRA on SmolLM2-135M-Instruct "
-        "(Q8_0, llama.cpp); threshold chosen on a calibration slice of dev (one-sided Wilson bound at "
-        f"{level}, fixed sequence), judged on a disjoint test slice. Upstream = gpt-4o-mini with the "
+        "(Q8_0, llama.cpp); threshold chosen on a calibration slice (of dev, or with `--cal-unlogged` of "
+        f"the train requests the job never logged; one-sided Wilson bound at {level}, fixed sequence at "
+        "checkpoints), judged on a disjoint test slice of dev. Upstream = gpt-4o-mini with the "
         "static prefix cached on every request; local compute $0.10/h at the measured time per answer; every "
         "request is answered locally first, so an escalation costs its local time plus the upstream price; "
         "under a signal that can only fall (sum, min) the gateway stops an answer at the token that takes it "

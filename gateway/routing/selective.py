@@ -5,7 +5,8 @@ A model's calibration (internalizer/calibrate.py) scores its held-out answers by
 agreement curve: for each threshold, the share of requests at least that confident (coverage) and the
 mean agreement of those (routed agreement). The chosen threshold is the lowest whose routed agreement
 still reaches the target with a one-sided Wilson lower bound, found by fixed-sequence testing from the most
-confident down (`choose_threshold`), so a small held-out set cannot promise more than it showed. Per
+confident down at checkpoints a fixed number of answers apart (`choose_threshold`), so a small held-out set
+cannot promise more than it showed. Per
 request, an answer below the threshold is escalated: the original request goes upstream.
 
 Live calibration checks the promise on traffic: a share of the locally served requests is also answered
@@ -83,30 +84,43 @@ def coverage_curve(
     return points
 
 
+def fewest_reaching(target: float, z: float) -> int:
+    """The fewest answers whose perfect record has a lower bound reaching `target` (< 1)."""
+    needed = 1
+    while wilson_bounds(1.0, needed, z)[0] < target:
+        needed += 1
+    return needed
+
+
 def choose_threshold(
     curve: Sequence[CurvePoint], target: float, z: float, min_coverage: float = 0.0
 ) -> CurvePoint | None:
     """The lowest threshold reached by fixed-sequence testing: from the most confident threshold down,
-    each routed set's lower bound must reach `target`, and the search stops at the first that does not.
+    checkpoint by checkpoint, each routed set's lower bound must reach `target`, and the search stops at
+    the first checkpoint that does not.
 
-    Taking the lowest of all thresholds that pass, instead, tests every threshold and keeps the luckiest,
-    which over-promises far more often on small held-out sets (measured in benchmarks/selective.py,
-    "threshold rules on synthetic models"). The sequence starts at the first threshold routing enough requests
-    for a perfect record to reach the target (a choice made before looking at any answer). None when no
-    threshold passes, or the one found routes less than `min_coverage`.
+    The checkpoints are `needed` answers apart, where `needed` is the fewest answers whose perfect record
+    reaches the target: the first tested threshold routes `needed` answers, the next one `needed` more,
+    and so on (a tie can route more; the next checkpoint counts from there). The sequence depends on the
+    confidences only, never on the agreements, so testing it one step at a time keeps the bound's level.
+    Testing every distinct threshold instead lets one early disagreement (one wrong answer among the
+    first thirty) end the search at a few percent of coverage; taking the lowest of all thresholds that
+    pass tests every threshold and keeps the luckiest, which over-promises far more often on small
+    held-out sets (both measured in benchmarks/selective.py, "threshold rules on synthetic models").
+    None when no checkpoint passes, or the one found routes less than `min_coverage`.
     """
     if target >= 1.0:
         return None  # no finite record proves perfect agreement
-    needed = 1
-    while wilson_bounds(1.0, needed, z)[0] < target:
-        needed += 1
+    needed = fewest_reaching(target, z)
     chosen = None
+    checkpoint = needed
     for point in curve:
-        if point.n_routed < needed:
+        if point.n_routed < checkpoint:
             continue
         if point.lower_bound < target:
             break
         chosen = point
+        checkpoint = point.n_routed + needed
     return chosen if chosen is not None and chosen.coverage >= min_coverage else None
 
 

@@ -18,6 +18,7 @@ from gateway.routing.selective import (
     choose_threshold,
     coverage_curve,
     escalates,
+    fewest_reaching,
     live_verdict,
     wilson_bounds,
     z_for,
@@ -110,12 +111,20 @@ def test_the_threshold_is_the_lowest_the_fixed_sequence_reaches():
     curve = coverage_curve(pairs, Z95)
     chosen = choose_threshold(curve, 0.9, Z95)
     assert chosen is not None and chosen.lower_bound >= 0.9
-    # Every threshold from the first that could pass down to the chosen one passes; the next one fails.
-    eligible = [p for p in curve if p.n_routed >= 26]  # 26 perfect answers are the fewest that reach 0.9
-    passed = [p for p in eligible if p.threshold >= chosen.threshold]
-    assert all(p.lower_bound >= 0.9 for p in passed)
-    below = [p for p in eligible if p.threshold < chosen.threshold]
-    assert below and below[0].lower_bound < 0.9
+    needed = fewest_reaching(0.9, Z95)
+    assert wilson_bounds(1.0, needed, Z95)[0] >= 0.9 > wilson_bounds(1.0, needed - 1, Z95)[0]
+    # The checkpoints, `needed` answers apart from the most confident down: every one down to the chosen
+    # threshold passes, the next one fails.
+    tested, checkpoint = [], needed
+    for point in curve:
+        if point.n_routed >= checkpoint:
+            tested.append(point)
+            checkpoint = point.n_routed + needed
+    assert all(b.n_routed - a.n_routed == needed for a, b in zip(tested, tested[1:], strict=False))
+    passed = [p for p in tested if p.threshold >= chosen.threshold]
+    assert passed[-1] == chosen and all(p.lower_bound >= 0.9 for p in passed)
+    failed = tested[len(passed)]
+    assert failed.lower_bound < 0.9
     assert 0.25 < chosen.coverage < 1 / 3 + 0.02  # near the true crossing, a little under it
     routed = [a for c, a in pairs if c >= chosen.threshold]
     assert sum(routed) / len(routed) >= 0.9
@@ -124,6 +133,15 @@ def test_the_threshold_is_the_lowest_the_fixed_sequence_reaches():
     assert stricter is not None and stricter.coverage < chosen.coverage
     assert choose_threshold(curve, 1.0, Z95) is None
     assert choose_threshold(curve, 0.9, Z95, min_coverage=0.95) is None
+
+
+def test_one_early_disagreement_does_not_end_the_search():
+    """600 answers, right but for one at rank 30 and every tenth from rank 400 on: testing every threshold
+    stops at the 30th (29/30 cannot promise 0.9); the checkpoints test 25, 50, ... and go on past 400."""
+    pairs = [(-0.001 * i, 0.0 if i == 29 or (i >= 400 and i % 10 == 0) else 1.0) for i in range(600)]
+    chosen = choose_threshold(coverage_curve(pairs, Z95), 0.9, Z95)
+    assert chosen is not None and chosen.n_routed >= 400
+    assert chosen.lower_bound >= 0.9
 
 
 def test_a_small_held_out_set_cannot_over_promise():

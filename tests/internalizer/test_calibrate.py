@@ -148,15 +148,16 @@ def test_calibration_stores_the_curve_and_a_bounded_threshold():
     answers, references = _answers(spec)
     cal = calibrate(answers, references, metric="exact", signal="mean", target=0.9, min_coverage=0.1)
     assert cal["n"] == 80 and cal["overall_agreement"] == 0.75
-    assert cal["selective"] and cal["route_threshold"] == cal["threshold"] <= -0.39
-    # All 40 confident answers and a few of the next (the bound allows one miss among 43), no more.
-    assert 0.5 <= cal["coverage"] < 0.6 and cal["agreement"] > 0.95 and 0.9 <= cal["lower_bound"] < 1.0
-    [after] = [p for p in cal["curve"] if p["threshold"] < cal["threshold"]][:1]
-    assert after["lower_bound"] < 0.9
+    assert cal["selective"] and cal["route_threshold"] == cal["threshold"] == -0.24
+    # The checkpoints are 25 answers apart (25 right answers are the fewest that promise 0.9): the first 25
+    # pass; the next 25 take in 10 of the less confident (5 wrong), 45 of 50 cannot promise 0.9.
+    assert cal["coverage"] == 25 / 80 and cal["agreement"] == 1.0 and 0.9 <= cal["lower_bound"] < 1.0
+    [checkpoint] = [p for p in cal["curve"] if p["n_routed"] == 50]
+    assert checkpoint["agreement"] == 0.9 and checkpoint["lower_bound"] < 0.9
     assert len(cal["curve"]) == 80 and cal["curve"][0]["coverage"] == 1 / 80
     # 60 right, 20 wrong: the 40 confident right ones outrank every wrong one, the 20 others interleave.
     assert cal["auroc"]["mean"] == pytest.approx((40 * 20 + 210) / (60 * 20))
-    assert "routes 54%" in summary(cal) and "serves selectively" in summary(cal)
+    assert "routes 31%" in summary(cal) and "serves selectively" in summary(cal)
     # The same model, judged on a stricter minimum coverage: a threshold exists but is not used.
     strict = calibrate(answers, references, min_coverage=0.6)
     assert strict["threshold"] is not None and not strict["selective"] and strict["route_threshold"] is None

@@ -6,8 +6,8 @@ agreement curve: for each threshold, the share of requests at least that confide
 mean agreement of those (routed agreement). The chosen threshold is the lowest whose routed agreement
 still reaches the target with a one-sided Wilson lower bound, found by fixed-sequence testing from the most
 confident down at checkpoints a fixed number of answers apart (`choose_threshold`), so a small held-out set
-cannot promise more than it showed. Per
-request, an answer below the threshold is escalated: the original request goes upstream.
+cannot promise more than it showed. Per request, an answer below the threshold is escalated: the original
+request goes upstream.
 
 Live calibration checks the promise on traffic: a share of the locally served requests is also answered
 upstream (a background shadow call) and compared. Once enough comparisons exist and the Wilson UPPER bound
